@@ -1,0 +1,47 @@
+"""seamless_jax: JAX/Flax implementation of "Towards Seamless Borders" (arXiv 2506.12530)."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "absl-py",
+    "array-record",
+    "einops",
+    "flax>=0.10",
+    "grain>=0.2.10",
+    "jax>=0.6",
+    "ml-collections",
+    "numpy",
+    "optax",
+    "orbax-checkpoint",
+    "pillow",
+    "safetensors",
+    "tensorboardX",
+]
+
+EXTRAS_REQUIRE = {
+    # Reference implementations for parity tests, export checks and notebooks.
+    "test": [
+        "diffusers>=0.30",
+        "lpips",
+        "nbclient",
+        "nbformat",
+        "ipykernel",
+        "pytest",
+        "scikit-image",
+        "torch",
+        "torchvision",
+        "transformers",
+    ],
+    "gpu": ["jax[cuda12]"],
+    "tpu": ["jax[tpu]"],
+}
+
+setup(
+    name="seamless_jax",
+    version="0.1.0",
+    description="Seamless inpainting/outpainting for Stable Diffusion 1.5 in JAX/Flax",
+    packages=find_packages(include=["seamless_jax", "seamless_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
