@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint",
     "pillow",
     "safetensors",
+    "scikit-image",  # the bundled demo photos (seamless_jax.data.demo)
+    "scipy",
     "tensorboardX",
 ]
 
@@ -27,7 +29,6 @@ EXTRAS_REQUIRE = {
         "nbformat",
         "ipykernel",
         "pytest",
-        "scikit-image",
         "torch",
         "torchvision",
         "transformers",

@@ -329,3 +329,108 @@ def save_vae(module, params, folder: str) -> None:
 
 def save_text_encoder(module, params, folder: str) -> None:
   save_model("text_encoder", module, params, folder)
+
+
+# --------------------------------------------------------------------------
+# Whole Stable Diffusion folders.
+# --------------------------------------------------------------------------
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """The parts of an SD-1.5 diffusers folder, as Flax modules and params.
+
+  ``scheduler_config`` is the raw ``scheduler/scheduler_config.json`` dict
+  (``prediction_type``, ``beta_schedule``, ...); ``tokenizer`` is a
+  `seamless_jax.data.tokenizer.CLIPTokenizer` or None when the folder has none.
+  """
+  unet: Any
+  unet_params: Any
+  vae: Any
+  vae_params: Any
+  text_encoder: Any
+  text_encoder_params: Any
+  tokenizer: Any
+  scheduler_config: dict
+
+
+def load_pipeline(folder: str, *, variant: str | None = None, **runtime) -> Pipeline:
+  """Loads an SD-1.5 diffusers folder (``model_index.json``, unet/, vae/, text_encoder/,
+  tokenizer/, scheduler/). ``runtime`` (dtype, attention_implementation, remat)
+  applies to all three models. No transformers/diffusers import happens here.
+  """
+  index_path = os.path.join(folder, "model_index.json")
+  if not os.path.isfile(index_path):
+    raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder: no model_index.json")
+  with open(index_path) as f:
+    index = json.load(f)
+  for part in ("unet", "vae", "text_encoder"):
+    if part not in index:
+      raise ConversionError(f"{index_path} lists no {part!r} component")
+  unet, unet_params = load_model("unet", os.path.join(folder, "unet"), variant=variant, **runtime)
+  vae, vae_params = load_model("vae", os.path.join(folder, "vae"), variant=variant, **runtime)
+  text, text_params = load_model("text_encoder", os.path.join(folder, "text_encoder"),
+                                 variant=variant, **runtime)
+  return Pipeline(unet, unet_params, vae, vae_params, text, text_params,
+                  _load_tokenizer(os.path.join(folder, "tokenizer")),
+                  _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"), {}))
+
+
+def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | None = None,
+                  scheduler_overrides: Mapping[str, Any] | None = None) -> None:
+  """Writes a diffusers ``StableDiffusionPipeline`` folder loadable by ``from_pretrained``.
+
+  ``scheduler_overrides`` updates the scheduler config (e.g.
+  ``{'prediction_type': 'v_prediction'}`` after two-step training).
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  os.makedirs(folder, exist_ok=True)
+  save_unet(pipeline.unet, pipeline.unet_params, os.path.join(folder, "unet"))
+  save_vae(pipeline.vae, pipeline.vae_params, os.path.join(folder, "vae"))
+  save_text_encoder(pipeline.text_encoder, pipeline.text_encoder_params,
+                    os.path.join(folder, "text_encoder"))
+  if tokenizer_folder:
+    os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
+    for name in TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(tokenizer_folder, name)):
+        shutil.copy(os.path.join(tokenizer_folder, name), os.path.join(folder, "tokenizer", name))
+  scheduler = {**SD15_SCHEDULER, **pipeline.scheduler_config, **(scheduler_overrides or {})}
+  _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), scheduler)
+  index = {"_class_name": "StableDiffusionPipeline",
+           "_diffusers_version": _package_version("diffusers", "0.30.0"),
+           "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+           "text_encoder": ["transformers", "CLIPTextModel"],
+           "tokenizer": ["transformers", "CLIPTokenizer"] if tokenizer_folder else [None, None],
+           "scheduler": ["diffusers", scheduler.get("_class_name", "DDIMScheduler")],
+           "safety_checker": [None, None], "feature_extractor": [None, None],
+           "requires_safety_checker": False}
+  _write_json(os.path.join(folder, "model_index.json"), index)
+
+
+# SD-1.5's DDIM scheduler config (the paper samples with DDIM, 50 steps).
+SD15_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+                  "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+                  "prediction_type": "epsilon", "timestep_spacing": "leading"}
+
+
+def _load_tokenizer(folder: str):
+  if not os.path.isfile(os.path.join(folder, "vocab.json")):
+    return None
+  from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
+  return CLIPTokenizer.from_folder(folder)
+
+
+def _read_json(path: str, default):
+  if not os.path.isfile(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, content) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(content, f, indent=2)
+  os.replace(path + ".tmp", path)

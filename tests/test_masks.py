@@ -1,0 +1,113 @@
+"""The paper's masks: inpaint holes avoid salient pixels, outpaint keeps the centre, hulls."""
+
+import numpy as np
+import pytest
+
+from seamless_jax.data import masks as M
+
+
+def _salient_disk(h=64, w=64, cy=30, cx=34, r=14):
+  yy, xx = np.mgrid[:h, :w]
+  return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_inpaint_hole_never_touches_salient_pixels(seed):
+  salient = _salient_disk()
+  hole = M.inpaint_hole(np.random.default_rng(seed), 64, 64, salient=salient,
+                        area_range=(0.2, 0.5), margin=3)
+  assert hole is not None and hole.sum() > 0.05 * hole.size
+  assert not (hole & M.dilate(salient, 3)).any()
+
+
+def test_sample_keep_with_saliency_map_and_builtin():
+  rng = np.random.default_rng(0)
+  image = np.zeros((64, 64, 3), np.float32)
+  saliency = _salient_disk().astype(np.float32)
+  mix = M.MaskMixture(inpaint_prob=1.0, outpaint_prob=0.0, saliency_margin=2)
+  for _ in range(5):
+    keep, kind = M.sample_keep(rng, image, mix, saliency)
+    assert kind == M.INPAINT and keep.shape == (64, 64, 1) and keep.dtype == np.float32
+    assert (keep[..., 0][_salient_disk()] == 1).all()
+  # Built-in estimate: a textured square on a flat background is salient and stays known.
+  photo = np.full((64, 64, 3), 40, np.uint8)
+  photo[24:40, 24:40] = np.random.default_rng(0).integers(0, 255, (16, 16, 1))
+  salient = M.salient_pixels(M.spectral_residual_saliency(photo))
+  assert salient[24:40, 24:40].mean() > 0.9 and not salient[:16, :16].any()
+  for _ in range(5):
+    keep, _ = M.sample_keep(rng, photo, mix)
+    assert (keep[..., 0][salient] == 1).all()
+
+
+def test_all_salient_falls_back_to_outpaint():
+  mix = M.MaskMixture(inpaint_prob=1.0, outpaint_prob=0.0)
+  keep, kind = M.sample_keep(np.random.default_rng(0), np.zeros((32, 32, 3)), mix,
+                             np.ones((32, 32), np.float32))
+  assert kind == M.OUTPAINT and keep[16, 16, 0] == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_outpaint_keeps_only_a_central_rectangle(seed):
+  hole = M.outpaint_hole(np.random.default_rng(seed), 64, 80, area_range=(0.2, 0.6))
+  keep = ~hole
+  rows, cols = np.nonzero(keep.any(1))[0], np.nonzero(keep.any(0))[0]
+  box = np.zeros_like(keep)
+  box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+  np.testing.assert_array_equal(keep, box)  # kept region is exactly one rectangle
+  assert keep[32, 40] and hole.any()  # it contains the centre; some border is generated
+
+
+def test_masks_are_deterministic_in_the_seed():
+  mix = M.MaskMixture()
+  image = np.random.default_rng(1).uniform(-1, 1, (48, 48, 3)).astype(np.float32)
+  a = [M.sample_keep(np.random.default_rng(s), image, mix)[0] for s in range(4)]
+  b = [M.sample_keep(np.random.default_rng(s), image, mix)[0] for s in range(4)]
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert any((a[0] != x).any() for x in a[1:])
+
+
+def test_convex_hull_contains_mask_and_fills_concavities():
+  seg = np.zeros((64, 64), bool)
+  seg[10:20, 10:20] = True
+  seg[40:50, 40:50] = True  # two squares: the hull joins them along the diagonal
+  hull = M.convex_hull_mask(seg)
+  assert (hull >= seg).all()
+  assert hull[30, 30] and not hull[10, 50] and not hull[50, 10]
+  hole = M.benchmark_hole(seg, dilate_px=4)
+  assert (hole >= hull).all() and hole[6, 15] and not hole[5, 15]  # 4 px, not 5
+  assert hole.sum() > hull.sum()
+  keep = M.benchmark_keep(seg, 4)
+  assert keep.shape == (64, 64, 1) and (keep[..., 0] == ~hole).all()
+  # random shapes: containment always holds
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    blob = rng.uniform(size=(40, 40)) > 0.97
+    assert (M.convex_hull_mask(blob) >= blob).all()
+
+
+def test_rle_roundtrip_and_format():
+  mask = np.zeros((4, 5), bool)
+  mask[0, 1:3] = True  # flat 1, 2 -> start 2 (1-based), length 2
+  mask[2, 4] = mask[3, 0] = True  # flat 14, 15 -> start 15, length 2 (row-major)
+  assert M.rle_encode(mask) == [2, 2, 15, 2]
+  np.testing.assert_array_equal(M.rle_decode([2, 2, 15, 2], (4, 5)), mask)
+  np.testing.assert_array_equal(M.rle_decode("2 2 15 2", (4, 5)), mask)
+  rand = np.random.default_rng(0).uniform(size=(32, 32)) > 0.5
+  np.testing.assert_array_equal(M.rle_decode(M.rle_encode(rand), (32, 32)), rand)
+
+
+def test_mask_file_convention():
+  keep = np.ones((8, 8, 1), np.float32)
+  keep[2:4, 2:4] = 0
+  pixels = M.mask_image_from_keep(keep)
+  assert pixels[2, 2] == 255 and pixels[0, 0] == 0  # white = region to generate
+  np.testing.assert_array_equal(M.keep_from_mask_image(pixels), keep)
+  np.testing.assert_array_equal(M.keep_from_mask_image(np.stack([pixels] * 3, -1)), keep)
+
+
+def test_mixture_validation():
+  with pytest.raises(ValueError, match="area_range"):
+    M.MaskMixture(area_range=(0.5, 0.2)).validate()
+  with pytest.raises(ValueError, match="inpaint_prob"):
+    M.MaskMixture(inpaint_prob=0, outpaint_prob=0).validate()
