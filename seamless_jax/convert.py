@@ -127,6 +127,7 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], param_shapes: Mapping[
   """
   state = {_modern_key(k): v for k, v in state.items() if not IGNORED_TORCH_KEYS.search(k)}
   flat_shapes = traverse_util.flatten_dict(dict(param_shapes))
+  state = _with_root_prefix(state, flat_shapes)
   params, missing, bad_shapes, used = {}, [], [], set()
   for path, target in flat_shapes.items():
     key = torch_key(path)
@@ -144,6 +145,22 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], param_shapes: Mapping[
   if missing or unexpected or bad_shapes:
     raise ConversionError(_mismatch_message(source, missing, unexpected, bad_shapes))
   return traverse_util.unflatten_dict(params)
+
+
+def _with_root_prefix(state: Mapping[str, np.ndarray], flat_shapes: Mapping[tuple, Any]) -> dict:
+  """Restores a single-root tree's prefix that the file omits.
+
+  transformers >= 5 saves ``CLIPTextModel`` without its ``text_model.`` prefix
+  (and strips it when loading); classic SD-1.5 files keep it. The Flax tree
+  keeps ``text_model`` so both load.
+  """
+  roots = {path[0] for path in flat_shapes}
+  if len(roots) != 1:
+    return dict(state)
+  prefix = roots.pop() + "."
+  if any(key.startswith(prefix) for key in state):
+    return dict(state)
+  return {prefix + key: value for key, value in state.items()}
 
 
 def _modern_key(key: str) -> str:
@@ -334,7 +351,8 @@ def save_text_encoder(module, params, folder: str) -> None:
 # --------------------------------------------------------------------------
 # Whole Stable Diffusion folders.
 # --------------------------------------------------------------------------
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
 
 
 @dataclasses.dataclass
@@ -416,7 +434,8 @@ SD15_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
 
 
 def _load_tokenizer(folder: str):
-  if not os.path.isfile(os.path.join(folder, "vocab.json")):
+  if not any(os.path.isfile(os.path.join(folder, name))
+             for name in ("vocab.json", "tokenizer.json")):
     return None
   from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
   return CLIPTokenizer.from_folder(folder)

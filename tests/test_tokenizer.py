@@ -62,3 +62,17 @@ def test_pad_token_from_config(folder, tmp_path):
   t = tok.CLIPTokenizer.from_folder(str(tmp_path))
   assert t.pad_id == t.encoder["!"] != t.eos_id
   assert t(["cat"])[0, -1] == t.encoder["!"]
+
+
+def test_tokenizer_json_folder_gives_the_same_ids(folder, tmp_path):
+  """transformers >= 5 saves only tokenizer.json; it must load to the same tokenizer."""
+  transformers = pytest.importorskip("transformers")
+  transformers.CLIPTokenizer.from_pretrained(folder).save_pretrained(tmp_path)
+  assert not (tmp_path / "vocab.json").exists() and (tmp_path / "tokenizer.json").exists()
+  got = tok.CLIPTokenizer.from_folder(str(tmp_path), use_ftfy=False)(SENTENCES)
+  np.testing.assert_array_equal(got, tok.CLIPTokenizer.from_folder(folder, use_ftfy=False)(SENTENCES))
+
+
+def test_folder_without_tokenizer_files_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"no CLIP tokenizer in {tmp_path}"):
+    tok.CLIPTokenizer.from_folder(str(tmp_path))

@@ -154,6 +154,34 @@ def _read_special(folder: str, name: str) -> str | None:
   return None
 
 
+def _read_vocab_and_merges(folder: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+  """(token -> id, merge pairs in rank order) from ``vocab.json``/``merges.txt`` or ``tokenizer.json``."""
+  vocab_path = os.path.join(folder, "vocab.json")
+  merges_path = os.path.join(folder, "merges.txt")
+  fast_path = os.path.join(folder, "tokenizer.json")
+  if os.path.exists(vocab_path) and os.path.exists(merges_path):
+    with open(vocab_path, encoding="utf-8") as f:
+      vocab = json.load(f)
+    with open(merges_path, encoding="utf-8") as f:
+      lines = f.read().strip().split("\n")
+    if lines and lines[0].startswith("#version"):
+      lines = lines[1:]
+    return vocab, [tuple(line.split()) for line in lines if line.strip()]
+  if os.path.exists(fast_path):
+    with open(fast_path, encoding="utf-8") as f:
+      model = json.load(f)
+    if model.get("model", {}).get("type") != "BPE":
+      raise ValueError(f"{fast_path} is not a BPE tokenizer (model.type="
+                       f"{model.get('model', {}).get('type')!r})")
+    vocab = dict(model["model"]["vocab"])
+    vocab.update({t["content"]: t["id"] for t in model.get("added_tokens", [])})
+    merges = [tuple(m.split()) if isinstance(m, str) else tuple(m)
+              for m in model["model"]["merges"]]
+    return vocab, merges
+  raise FileNotFoundError(f"no CLIP tokenizer in {folder}: expected vocab.json + merges.txt "
+                          f"or tokenizer.json")
+
+
 class CLIPTokenizer:
   """CLIP BPE tokenizer; ``tokenizer(texts) -> (B, max_length) int32`` ids.
 
@@ -188,22 +216,12 @@ class CLIPTokenizer:
 
   @classmethod
   def from_folder(cls, folder: str, *, use_ftfy: bool = True) -> "CLIPTokenizer":
-    """Loads ``folder/vocab.json`` + ``folder/merges.txt`` (the HF ``tokenizer/`` layout)."""
-    vocab_path = os.path.join(folder, "vocab.json")
-    merges_path = os.path.join(folder, "merges.txt")
-    for path in (vocab_path, merges_path):
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"CLIP tokenizer file missing: {path}")
-    with open(vocab_path, encoding="utf-8") as f:
-      vocab = json.load(f)
-    with open(merges_path, encoding="utf-8") as f:
-      lines = f.read().strip().split("\n")
-    if lines and lines[0].startswith("#version"):
-      lines = lines[1:]
-    merges = [tuple(line.split()) for line in lines[:_MAX_MERGES] if line.strip()]
+    """Loads an HF ``tokenizer/`` folder: ``vocab.json`` + ``merges.txt`` (the SD-1.5 layout),
+    or ``tokenizer.json`` alone (what transformers >= 5 writes)."""
+    vocab, merges = _read_vocab_and_merges(folder)
     pad = _read_special(folder, "pad_token") or EOS_TOKEN
     unk = _read_special(folder, "unk_token") or EOS_TOKEN
-    return cls(vocab, merges, pad_token=pad, unk_token=unk, use_ftfy=use_ftfy)
+    return cls(vocab, merges[:_MAX_MERGES], pad_token=pad, unk_token=unk, use_ftfy=use_ftfy)
 
   def _word_ids(self, piece: str) -> list[int]:
     ids = self._cache.get(piece)
