@@ -1,0 +1,85 @@
+"""Fields shared by every training config (flax examples/imagenet style).
+
+The mode configs (``two_step.py``, ``standard.py``, ``vae_finetune.py``) start from
+``get_config()`` here and change what differs. Every field is documented where it is set;
+``seamless_jax.train.config_check.validate`` checks the values and names the field at fault.
+"""
+
+import ml_collections
+
+from seamless_jax.data.config import get_data_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "two_step"            # 'vae_finetune' | 'two_step' | 'standard'
+  # --- models
+  c.model = "sd15"               # 'sd15' (pretrained folder) | 'tiny' (random tiny models)
+  c.pretrained = ""              # SD-1.5 diffusers folder (unet/ vae/ text_encoder/ tokenizer/)
+  c.dtype = "bfloat16"           # compute dtype: 'bfloat16' | 'float32' (params stay float32)
+  c.remat = False                # rematerialise UNet/VAE blocks (memory for compute)
+  c.attention = ""               # '' (XLA chooses) | 'xla' | 'cudnn'
+  # --- optimisation
+  c.batch_size = 32              # GLOBAL batch (all devices, all hosts)
+  c.total_steps = 10_000
+  c.learning_rate = 1e-5
+  c.warmup_steps = 500
+  c.lr_schedule = "cosine"       # 'cosine' (warmup + cosine to end_lr_factor) | 'constant'
+  c.end_lr_factor = 0.0
+  c.weight_decay = 1e-2
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.grad_accum_steps = 1         # micro-batches per step (lax.scan inside the step)
+  c.max_grad_norm = 1.0          # global-norm clipping (0 = off)
+  c.ema_decay = 0.9999
+  c.max_nonfinite_steps = 5      # stop after this many non-finite steps in a row
+  c.seed = 0
+  c.stop_at_step = 0             # >0: save and stop after this step (time-limited jobs, tests)
+  # --- bookkeeping
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.sample_every = 1000          # PNG grid of image / mask / result (0 = off)
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (unknown -> no MFU)
+  # --- parallelism
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1               # -1: all devices not used by fsdp
+  c.mesh.fsdp = 1
+  c.parallelism = "jit"          # 'jit' (GSPMD, NamedSharding) | 'shard_map' (explicit DP)
+  c.fsdp_min_size = 2 ** 18      # params with fewer elements stay replicated
+  # --- data (seamless_jax/data/config.py)
+  c.data = get_data_config()
+  c.demo_data = False            # create the bundled demo set under workdir when data.path is ''
+  # --- diffusion objective
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.num_train_timesteps = 1000
+  c.schedule.beta_start = 0.00085
+  c.schedule.beta_end = 0.012
+  c.schedule.beta_schedule = "scaled_linear"
+  c.two_step = ml_collections.ConfigDict()
+  c.two_step.weight = 0.5        # λ in L1 + λ·L2
+  c.two_step.stride = 20         # t' = t − stride (DDIM-50 spacing)
+  c.two_step.stop_grad = True    # no gradient through ẑ0 into the second step
+  c.two_step.second_t = "prev"   # 'prev' (t') | 'same' (t, as printed in the paper)
+  c.two_step.min_t = 0           # smallest second timestep t'
+  c.two_step.keep_method = "nearest"  # pixel keep -> latent keep (blending.latent_keep)
+  # --- VAE fine-tune (mode='vae_finetune')
+  c.vae = ml_collections.ConfigDict()
+  c.vae.train_encoder = False    # default: decoder + post_quant_conv only
+  c.vae.lpips_path = ""          # converted LPIPS safetensors (tools/convert_lpips.py)
+  c.vae.lpips_weight = 1.0       # must be 0 when lpips_path is '' (no random-LPIPS surprise)
+  c.vae.kl_weight = 1e-6
+  c.vae.disc_weight = 0.5
+  c.vae.disc_factor = 1.0
+  c.vae.disc_start = 50_001
+  c.vae.disc_layers = 3
+  c.vae.disc_learning_rate = 4.5e-6
+  c.vae.sample_posterior = True
+  # --- sample grids
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_images = 4
+  c.sample.num_inference_steps = 50
+  c.sample.guidance_scale = 3.0
+  c.sample.prompt = "scenery"    # '' = use each example's own caption
+  return c

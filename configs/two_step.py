@@ -1,0 +1,57 @@
+"""Two-step training (paper Alg. 1): v-prediction, λ = 0.5, stride 20, 512², AdamW 1e-5, EMA.
+
+Variants (``--config=configs/two_step.py:VARIANT``):
+  sd15  real SD-1.5 weights, ``--config.pretrained=DIR`` (diffusers folder), LAION-style data:
+          python -m seamless_jax.main --config=configs/two_step.py:sd15 \
+            --config.pretrained=/ckpt/stable-diffusion-v1-5 \
+            --config.data.source=arrayrecord --config.data.path='/data/laion/*.arrayrecord' \
+            --workdir=runs/two_step
+  tiny  tiny random models, 32² images from ``--config.data.path`` (CPU-fast; tests).
+  demo  tiny models on the bundled demo photos (created under the workdir when missing):
+          python -m seamless_jax.main --config=configs/two_step.py:demo --workdir=runs/demo
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Shared by two_step.py and standard.py: the ``sd15`` / ``tiny`` / ``demo`` variants."""
+  arg = arg or "sd15"
+  if arg == "sd15":
+    c.model = "sd15"
+    c.data.resolution = 512
+    return c
+  if arg not in ("tiny", "demo"):
+    raise ValueError(f"unknown config variant {arg!r}; expected 'sd15', 'tiny' or 'demo'")
+  c.model = "tiny"
+  c.dtype = "float32"
+  c.batch_size = 8
+  c.total_steps = 60 if arg == "demo" else 10
+  c.learning_rate = 1e-3
+  c.warmup_steps = 5
+  c.lr_schedule = "constant"
+  c.weight_decay = 0.0
+  c.ema_decay = 0.99
+  c.log_every = 10 if arg == "demo" else 2
+  c.checkpoint_every = 30 if arg == "demo" else 5
+  c.sample_every = 60 if arg == "demo" else 0
+  c.async_checkpointing = arg == "demo"
+  c.fsdp_min_size = 1024
+  c.data.resolution = 32
+  c.data.min_side = 32
+  c.data.worker_count = 0
+  c.data.read_threads = 2
+  c.data.prefetch_buffer_size = 16
+  c.sample.num_images = 4
+  c.sample.num_inference_steps = 10
+  if arg == "demo":
+    c.demo_data = True
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.mode = "two_step"
+  return apply_variant(c, arg)

@@ -1,0 +1,61 @@
+"""Blend-aware VAE fine-tune (paper Eq. 6) with the SD-VAE (LDM kl-f8) loss, 256² crops.
+
+``x̂ = D(E(x)·(1−keep↓) + E(x·keep)·keep↓)`` reconstructs ``x``; loss = NLL(L1 + LPIPS) with a
+learned log-variance + 1e-6·KL + 0.5·adaptive hinge PatchGAN after ``vae.disc_start``;
+Adam(β1=0.5, β2=0.9), lr 4.5e-6 (LDM's base lr; it scales it by the batch, we do not).
+Default: only the decoder (+ post_quant_conv) trains, so the UNet's latent space is unchanged.
+
+Variants:
+  sd15  python -m seamless_jax.main --config=configs/vae_finetune.py:sd15 \
+          --config.pretrained=/ckpt/stable-diffusion-v1-5 \
+          --config.vae.lpips_path=/ckpt/lpips_vgg.safetensors \
+          --config.data.path=/data/laion --workdir=runs/vae
+  tiny  tiny random VAE, 32² images, no LPIPS (lpips_weight=0), discriminator from step 4.
+  demo  python -m seamless_jax.main --config=configs/vae_finetune.py:demo --workdir=runs/vae_demo
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or "sd15"
+  c = default.get_config()
+  c.mode = "vae_finetune"
+  c.learning_rate = 4.5e-6
+  c.warmup_steps = 0
+  c.lr_schedule = "constant"
+  c.weight_decay = 0.0
+  c.adam_b1 = 0.5
+  c.adam_b2 = 0.9
+  c.max_grad_norm = 0.0
+  c.ema_decay = 0.0  # LDM's VAE recipe has no EMA; 0 keeps an EMA copy equal to the params
+  c.batch_size = 16
+  c.total_steps = 50_000
+  c.data.resolution = 256
+  c.data.caption_dropout = 0.0
+  if arg == "sd15":
+    c.model = "sd15"
+    return c
+  if arg not in ("tiny", "demo"):
+    raise ValueError(f"unknown config variant {arg!r}; expected 'sd15', 'tiny' or 'demo'")
+  c.model = "tiny"
+  c.dtype = "float32"
+  c.batch_size = 8
+  c.total_steps = 40 if arg == "demo" else 8
+  c.learning_rate = 1e-3
+  c.log_every = 10 if arg == "demo" else 2
+  c.checkpoint_every = 20 if arg == "demo" else 4
+  c.sample_every = 40 if arg == "demo" else 0
+  c.async_checkpointing = arg == "demo"
+  c.fsdp_min_size = 1024
+  c.vae.lpips_weight = 0.0  # no LPIPS weights in tiny runs: L1 + KL (+ GAN) only
+  c.vae.disc_start = 4
+  c.data.resolution = 32
+  c.data.min_side = 32
+  c.data.worker_count = 0
+  c.data.read_threads = 2
+  c.data.prefetch_buffer_size = 16
+  c.demo_data = arg == "demo"
+  return c

@@ -1,0 +1,96 @@
+"""Metrics to TensorBoard event files (tensorboardX), ``metrics.jsonl`` and stdout; sample grids.
+
+Only process 0 writes files. Every ``log_every`` steps the loop passes averaged scalars to
+:meth:`MetricWriter.write`, which also prints one progress line
+``step 120/1000 (12.0%) loss 0.1234 ... 3.1 steps/s ETA 0:04:44``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+
+
+class MetricWriter:
+  """Writes scalars to ``workdir/tensorboard`` (tensorboardX), ``workdir/metrics.jsonl``, stdout."""
+
+  def __init__(self, workdir: str, total_steps: int, *, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.total_steps = int(total_steps)
+    self.workdir = workdir
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    scalars = {k: float(v) for k, v in scalars.items() if v is not None}
+    logging.info("%s", progress_line(step, self.total_steps, scalars))
+    if not self.enabled:
+      return
+    for name, value in scalars.items():
+      self._tb.add_scalar(f"train/{name}", value, step)
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    if self.enabled:
+      self._tb.add_text(tag, text, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def progress_line(step: int, total: int, scalars: dict[str, float]) -> str:
+  parts = [f"step {step}/{total} ({100.0 * step / max(total, 1):.1f}%)"]
+  for name in ("loss", "loss1", "loss2", "grad_norm", "lr"):
+    if name in scalars:
+      parts.append(f"{name} {scalars[name]:.4g}")
+  if "steps_per_sec" in scalars:
+    parts.append(f"{scalars['steps_per_sec']:.2f} steps/s")
+    parts.append(f"{scalars.get('examples_per_sec', 0.0):.1f} ex/s")
+    if scalars["steps_per_sec"] > 0:
+      eta = (total - step) / scalars["steps_per_sec"]
+      parts.append(f"ETA {datetime.timedelta(seconds=int(eta))}")
+  if scalars.get("mfu"):
+    parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+  if scalars.get("skipped_total"):
+    parts.append(f"skipped {int(scalars['skipped_total'])}")
+  return " | ".join(parts)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] float NHWC -> uint8."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def sample_grid(image: np.ndarray, keep: np.ndarray, result: np.ndarray) -> np.ndarray:
+  """One row per example: image | masked image (hole grey) | result. Returns uint8 HWC."""
+  masked = image * keep + 0.0 * (1.0 - keep)
+  rows = [np.concatenate([a, b, c], axis=1) for a, b, c in zip(image, masked, result)]
+  return to_uint8(np.concatenate(rows, axis=0))
+
+
+def save_sample_grid(workdir: str, step: int, image, keep, result) -> str:
+  """Writes ``workdir/samples/step_<step>.png``; returns its path."""
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"step_{int(step):08d}.png")
+  grid = sample_grid(np.asarray(image), np.asarray(keep), np.asarray(result))
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  Image.fromarray(grid).save(path)
+  return path

@@ -1,0 +1,335 @@
+"""``train_and_evaluate(config, workdir)``: the linear training loop shared by all modes.
+
+Sections: setup (mesh, data, models, state) -> restore -> compile -> train -> final save.
+Resuming is automatic: when ``workdir/checkpoints`` holds a checkpoint the state (params,
+optimizer, EMA, step, RNG, skip counters) and the Grain iterator continue from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from seamless_jax.data import pipeline
+from seamless_jax.data.tokenizer import CLIPTokenizer
+from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.train import checkpoint as ckpt_lib
+from seamless_jax.train import config_check
+from seamless_jax.train import logging as log_lib
+from seamless_jax.train import models as models_lib
+from seamless_jax.train import sharding as shd
+from seamless_jax.train import state as state_lib
+from seamless_jax.train import steps as steps_lib
+
+# Dense bf16 peak FLOP/s per device, for the MFU estimate (override: config.peak_flops_per_device).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12,
+              "A100": 312e12, "L4": 121e12}
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+def peak_flops(config) -> float | None:
+  if config.peak_flops_per_device:
+    return float(config.peak_flops_per_device)
+  kind = jax.devices()[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return None
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled step (per device) from XLA's cost analysis."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def ensure_demo_data(config, workdir: str) -> None:
+  """``demo_data``: writes the bundled photos once to ``workdir/demo_data`` and points
+  ``data.path`` / ``data.tokenizer_dir`` at them."""
+  if not config.demo_data or config.data.path:
+    return
+  from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
+  folder = os.path.join(workdir, "demo_data")
+  if not os.path.exists(os.path.join(folder, "metadata.jsonl")):
+    if jax.process_index() == 0:
+      demo.write_demo_dataset(folder, resolution=max(int(config.data.resolution), 64))
+  with config.unlocked():
+    config.data.path = folder
+    if not config.data.tokenizer_dir:
+      config.data.tokenizer_dir = os.path.join(folder, "tokenizer")
+
+
+def global_batch_arrays(batch: dict, mesh) -> dict:
+  """Host batch (numpy) -> global arrays; drops the pipeline's ``num_skipped`` bookkeeping."""
+  return shd.shard_batch({k: batch[k] for k in ("image", "keep", "input_ids")}, mesh)
+
+
+def abstract_batch(config, mesh) -> dict:
+  b, r = int(config.batch_size), int(config.data.resolution)
+  sharding = shd.batch_sharding(mesh)
+  return {"image": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32, sharding=sharding),
+          "keep": jax.ShapeDtypeStruct((b, r, r, 1), jnp.float32, sharding=sharding),
+          "input_ids": jax.ShapeDtypeStruct((b, int(config.data.max_length)), jnp.int32,
+                                            sharding=sharding)}
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything the loop needs, built by :func:`setup` (also used by tests and benchmarks)."""
+  config: Any
+  mesh: Any
+  models: Any
+  tx: Any
+  state: Any
+  state_shardings: Any
+  frozen: Any
+  frozen_shardings: Any
+  step_fn: Any
+  tokenizer: Any
+  alphas_cumprod: Any
+
+
+def setup(config, workdir: str | None = None) -> Trainer:
+  """Mesh, tokenizer, models, sharded state and the (not yet compiled) jitted step."""
+  config_check.validate(config)
+  mesh = shd.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+  config_check.validate(config, num_devices=mesh.size)
+  if workdir is not None:
+    ensure_demo_data(config, workdir)
+  tok_dir = models_lib.tokenizer_dir(config)
+  if not tok_dir or not os.path.isdir(tok_dir):
+    raise FileNotFoundError(f"config.data.tokenizer_dir={tok_dir!r} is not a tokenizer folder")
+  with config.unlocked():
+    config.data.tokenizer_dir = tok_dir
+  tokenizer = CLIPTokenizer.from_folder(tok_dir)
+  models = models_lib.build_models(config, vocab_size=tokenizer.vocab_size)
+  tx = state_lib.make_optimizer(config)
+  state, state_sh, frozen, frozen_sh = state_lib.create_train_state(config, models, mesh, tx)
+  lpips_factory = None
+  if config.mode == "vae_finetune":
+    frozen, frozen_sh, lpips_factory = _add_lpips(config, frozen, frozen_sh, mesh)
+  sc = config.schedule
+  alphas_cumprod = schedule_lib.make_schedule(
+      int(sc.num_train_timesteps), float(sc.beta_start), float(sc.beta_end),
+      sc.beta_schedule).alphas_cumprod
+  step_fn = steps_lib.make_train_step(config, models, tx, mesh, state_sh, frozen_sh,
+                                      alphas_cumprod=alphas_cumprod,
+                                      lpips_fn_factory=lpips_factory)
+  return Trainer(config, mesh, models, tx, state, state_sh, frozen, frozen_sh, step_fn,
+                 tokenizer, alphas_cumprod)
+
+
+def _add_lpips(config, frozen, frozen_sh, mesh):
+  """LPIPS weights become part of ``frozen`` (arguments of the step, not constants)."""
+  if float(config.vae.lpips_weight) <= 0:
+    return frozen, frozen_sh, lambda frozen: (
+        lambda x, y: jnp.zeros((x.shape[0],), jnp.float32))
+  from seamless_jax.models import lpips as lpips_model  # pylint: disable=import-outside-toplevel
+  module, variables = lpips_model.load_lpips(config.vae.lpips_path)
+  variables = jax.device_put(variables, shd.replicated(mesh))
+  frozen = dict(frozen, lpips=variables)
+  frozen_sh = dict(frozen_sh, lpips=jax.tree.map(lambda _: shd.replicated(mesh), variables))
+
+  def factory(fz):
+    lp = jax.lax.stop_gradient(fz["lpips"])
+    return lambda x, y: module.apply(lp, x, y)
+  return frozen, frozen_sh, factory
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+  return np.asarray(tokenizer(texts, max_length=max_length), np.int32)
+
+
+class Sampler:
+  """Writes ``workdir/samples/step_<n>.png`` grids (image | mask | result) with given params."""
+
+  def __init__(self, trainer: Trainer, workdir: str):
+    config = trainer.config
+    self.workdir = workdir
+    self.trainer = trainer
+    n = int(config.sample.num_images)
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.worker_count = 0  # one batch: no worker processes
+    data = pipeline.make_dataset(data_config, batch_size=n, seed=int(config.seed) + 1)
+    batch = next(iter(data))
+    self.batch_host = {k: np.asarray(batch[k]) for k in ("image", "keep", "input_ids")}
+    if config.sample.prompt:
+      cond = tokenize(trainer.tokenizer, [config.sample.prompt] * n, int(config.data.max_length))
+    else:
+      cond = self.batch_host["input_ids"]
+    uncond = tokenize(trainer.tokenizer, [""] * n, int(config.data.max_length))
+    put = lambda x: shd.put_replicated(x, trainer.mesh)
+    self.batch = jax.tree.map(put, {k: self.batch_host[k] for k in ("image", "keep")})
+    self.cond, self.uncond = put(cond), put(uncond)
+    self.fn = steps_lib.make_sample_fn(config, trainer.models, trainer.alphas_cumprod)
+    self.key = jax.random.PRNGKey(int(config.seed) + 2)
+
+  def __call__(self, params, frozen, step: int) -> str:
+    result = self.fn(params, frozen, self.batch, self.cond, self.uncond, self.key)
+    result = shd.to_host(result)
+    if jax.process_index() != 0:
+      return ""
+    path = log_lib.save_sample_grid(self.workdir, step, self.batch_host["image"],
+                                    self.batch_host["keep"], result)
+    logging.info("samples: wrote %s", path)
+    return path
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+  keys = history[0].keys()
+  return {k: float(np.mean([h[k] for h in history])) for k in keys}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains ``config.mode`` in ``workdir`` (resuming from its latest checkpoint).
+
+  Returns the last logged metrics (a dict of floats) and ``step``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  # ------------------------------------------------------------------ setup
+  trainer = setup(config, workdir)
+  mesh, state = trainer.mesh, trainer.state
+  logging.info("mesh %s; %s trainable params; %d devices, %d processes",
+               dict(mesh.shape), f"{state_lib.count_params(state.params):,}", mesh.size,
+               jax.process_count())
+  per_host = int(config.batch_size) // jax.process_count()
+  dataset = pipeline.make_dataset(config.data, batch_size=per_host, seed=int(config.seed),
+                                  shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+  data_iter = iter(dataset)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.keep_checkpoints),
+                                       async_save=bool(config.async_checkpointing))
+  writer = log_lib.MetricWriter(workdir, int(config.total_steps))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ------------------------------------------------------------------ restore
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    target = state_lib.abstract_with_shardings(state, trainer.state_shardings)
+    del state, trainer.state  # free the fresh state before the restored one arrives
+    state = checkpointer.restore(latest, target, data_iter)
+  step = int(jax.device_get(state.step))
+  if step >= int(config.total_steps):
+    logging.info("nothing to do: checkpoint step %d >= total_steps", step)
+    checkpointer.close()
+    writer.close()
+    return {"step": step}
+
+  # ------------------------------------------------------------------ compile
+  t0 = time.perf_counter()
+  compiled = trainer.step_fn.lower(state, trainer.frozen, abstract_batch(config, mesh)).compile()
+  flops = compiled_flops(compiled)
+  if flops is not None:
+    flops *= int(config.grad_accum_steps)  # cost analysis counts a loop body once
+  peak = peak_flops(config)
+  logging.info("compiled the %s step in %.1fs; %s GFLOP per device per step", config.mode,
+               time.perf_counter() - t0, f"{flops / 1e9:.1f}" if flops else "?")
+  sampler = Sampler(trainer, workdir) if int(config.sample_every) > 0 else None
+
+  # ------------------------------------------------------------------ train
+  preemption = ckpt_lib.PreemptionSignal()
+  history, pending, last = [], None, {"step": step}
+  data_skipped = 0
+  window_start, window_steps, pause = time.perf_counter(), 0, 0.0
+  total = int(config.total_steps)
+  stop_at = int(config.stop_at_step) or total
+  try:
+    while step < min(total, stop_at):
+      batch = next(data_iter)
+      data_skipped += int(np.sum(batch.get("num_skipped", 0)))
+      state, metrics = compiled(state, trainer.frozen, global_batch_arrays(batch, mesh))
+      step += 1
+      window_steps += 1
+      # Read the previous step's metrics while this one runs (keeps the device busy).
+      if pending is not None:
+        history.append(_check_finite(jax.device_get(pending), config, checkpointer))
+      pending = metrics
+
+      if step % int(config.log_every) == 0 or step == total:
+        history.append(_check_finite(jax.device_get(pending), config, checkpointer))
+        pending = None
+        elapsed = time.perf_counter() - window_start - pause
+        scalars = _mean_metrics(history)
+        scalars.update(skipped_total=history[-1]["skipped_total"],
+                       nonfinite_streak=history[-1]["nonfinite_streak"],
+                       data_skipped=data_skipped, step_time=elapsed / window_steps,
+                       steps_per_sec=window_steps / elapsed,
+                       examples_per_sec=window_steps * int(config.batch_size) / elapsed)
+        del scalars["skipped"]
+        if flops:
+          scalars["tflops_per_device"] = flops * window_steps / elapsed / 1e12
+          if peak:
+            scalars["mfu"] = flops * window_steps / elapsed / peak
+        writer.write(step, scalars)
+        last = dict(scalars, step=step)  # keeps nonfinite_streak of this step
+        history, window_start, window_steps, pause = [], time.perf_counter(), 0, 0.0
+
+      t_pause = time.perf_counter()
+      if sampler is not None and (step % int(config.sample_every) == 0 or step == total):
+        sampler(state.params, trainer.frozen, step)
+      if int(config.checkpoint_every) and step % int(config.checkpoint_every) == 0:
+        if pending is not None:  # know this step's outcome before saving it
+          history.append(_check_finite(jax.device_get(pending), config, checkpointer))
+          pending = None
+        if streak_now(history, last) > 0:
+          logging.warning("step %d: not saving during a non-finite streak", step)
+        else:
+          checkpointer.save(step, state, data_iter)
+      pause += time.perf_counter() - t_pause
+
+      preempted = preemption.requested or (
+          jax.process_count() > 1 and checkpointer.manager.reached_preemption(step))
+      if preempted:
+        logging.warning("preempted at step %d: saving and exiting", step)
+        break
+    if pending is not None:
+      _check_finite(jax.device_get(pending), config, checkpointer)
+    # ---------------------------------------------------------------- final save
+    if checkpointer.latest_step() != step:
+      checkpointer.save(step, state, data_iter, force=True)
+  finally:
+    preemption.close()
+    checkpointer.close()
+    writer.close()
+  last["step"] = step
+  return last
+
+
+def streak_now(history: list[dict], last: dict) -> int:
+  """Non-finite streak of the latest step whose metrics were read."""
+  return int((history[-1] if history else last).get("nonfinite_streak", 0))
+
+
+def _check_finite(metrics: dict, config, checkpointer) -> dict:
+  metrics = {k: float(v) for k, v in metrics.items()}
+  streak = int(metrics["nonfinite_streak"])
+  if streak:
+    logging.warning("non-finite loss/gradient: update skipped (%d in a row, %d in total)",
+                    streak, int(metrics["skipped_total"]))
+  if streak >= int(config.max_nonfinite_steps):
+    checkpointer.wait()
+    raise NonFiniteError(
+        f"{streak} non-finite steps in a row (config.max_nonfinite_steps="
+        f"{config.max_nonfinite_steps}); stopping. Last good checkpoint: step "
+        f"{checkpointer.latest_step()} in {checkpointer.directory}")
+  return metrics

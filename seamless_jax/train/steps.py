@@ -1,0 +1,311 @@
+"""One jit-compiled train step per mode: encode (frozen) -> loss -> grads -> update -> EMA.
+
+``make_train_step(...)`` returns ``step(state, frozen, batch) -> (state, metrics)``, a
+``jax.jit`` with explicit in/out shardings and the state donated. Inside it, in order:
+
+1. randomness from ``fold_in(state.rng, state.step)``: timesteps and noises drawn for the GLOBAL
+   batch (so the result does not depend on the device count or on ``parallelism``);
+2. per micro-batch (``grad_accum_steps`` of them, a ``lax.scan``): text encoding and VAE
+   encoding of the image and of the masked image (frozen, ``stop_gradient``), the two-step (or
+   standard, or VAE Eq. 6) loss, its gradient;
+3. global-norm clipping + AdamW (+ the discriminator's Adam), EMA;
+4. a non-finite loss or gradient norm keeps params, optimizer state and EMA unchanged (the step
+   counter advances, ``skipped``/``nonfinite_streak`` count it).
+
+``parallelism='jit'``: GSPMD partitions the step from the batch/param shardings.
+``parallelism='shard_map'``: step 2 runs under ``jax.shard_map`` on each device's slice of the
+batch with replicated params, and gradients/metrics are ``lax.pmean``-ed over ('data', 'fsdp').
+Both compute the same function (tests/test_train_sharding.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from seamless_jax.diffusion import blending
+from seamless_jax.diffusion import losses
+from seamless_jax.train import sharding as shd
+from seamless_jax.train import state as state_lib
+
+Batch = dict[str, jax.Array]
+
+
+def latent_shape(models, batch: int, resolution: int) -> tuple[int, ...]:
+  """(B, h, w, C) of the VAE latent of (B, R, R, 3) images (by abstract evaluation)."""
+  vae = models.vae
+  dummy_params = jax.eval_shape(lambda: vae.init(jax.random.PRNGKey(0),
+                                                 *vae.dummy_inputs())["params"])
+  mean, _ = jax.eval_shape(
+      lambda p, x: vae.apply({"params": p}, x, method=vae.encode), dummy_params,
+      jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32))
+  return tuple(mean.shape)
+
+
+# ============================================================================ per-mode losses
+
+def encode_for_diffusion(models, frozen, batch: Batch, keep_method: str):
+  """Frozen encoders -> ``(z0, z0_known, keep_latent, context)``, gradient-stopped.
+
+  The image and the masked image (hole = 0) go through the VAE as one 2B batch; latents are the
+  posterior means times ``scaling_factor``.
+  """
+  vae, text = models.vae, models.text
+  image, keep = batch["image"], batch["keep"]
+  context = text.apply({"params": frozen["text"]}, batch["input_ids"])
+  both = jnp.concatenate([image, image * keep], axis=0)
+  mean, _ = vae.apply({"params": frozen["vae"]}, both, method=vae.encode)
+  latents = mean.astype(jnp.float32) * models.scaling_factor
+  z0, z0_known = jnp.split(latents, 2, axis=0)
+  keep_latent = blending.latent_keep(keep, z0.shape[1:3], keep_method)
+  return jax.lax.stop_gradient((z0, z0_known, keep_latent, context))
+
+
+def make_diffusion_grads(config, models, alphas_cumprod) -> Callable:
+  """``grads(params, frozen, batch, rand, key, step) -> (grads, metrics)`` for two_step/standard."""
+  ts = config.two_step
+  unet = models.unet
+
+  def loss_fn(params, frozen, batch, rand):
+    z0, z0_known, keep_latent, context = encode_for_diffusion(models, frozen, batch,
+                                                              ts.keep_method)
+
+    def v_fn(z, t):
+      return unet.apply({"params": params}, z, t, context)
+
+    if config.mode == "two_step":
+      loss, aux = losses.two_step_loss(
+          v_fn, z0, z0_known, keep_latent, rand["t"], rand["noise1"], rand["noise2"],
+          alphas_cumprod, stride=int(ts.stride), weight=float(ts.weight),
+          stop_grad=bool(ts.stop_grad), second_t=ts.second_t, min_t=int(ts.min_t))
+      return loss, {"loss": loss, "loss1": aux["loss1"], "loss2": aux["loss2"]}
+    loss, _ = losses.standard_loss(v_fn, z0, rand["t"], rand["noise1"], alphas_cumprod)
+    return loss, {"loss": loss, "loss1": loss, "loss2": jnp.zeros_like(loss)}
+
+  def grads(params, frozen, batch, rand, key, step):
+    del key, step
+    (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, rand)
+    return g, metrics
+
+  return grads
+
+
+def make_vae_grads(config, models, lpips_fn_factory: Callable) -> Callable:
+  """``grads(params, frozen, batch, rand, key, step) -> (grads, metrics)`` for vae_finetune.
+
+  Generator: Eq. 6 reconstruction with LDM's loss and adaptive GAN weight
+  (``losses.generator_loss_and_grads``); discriminator: hinge loss on ``x`` vs ``sg(x̂)``.
+  """
+  vc = config.vae
+  vae = models.vae
+  disc = state_lib.make_discriminator(config)
+
+  def grads(params, frozen, batch, rand, key, step):
+    del rand
+    x, keep = batch["image"], batch["keep"]
+    lpips_fn = lpips_fn_factory(frozen)
+    disc_params = jax.lax.stop_gradient(params["disc"])
+
+    def terms_fn(p):
+      full = {**frozen["vae"], **p["vae"]}
+      encode = lambda img: vae.apply({"params": full}, img, method=vae.encode)
+      decode = lambda z: vae.apply({"params": full}, z, method=vae.decode)
+      disc_fn = lambda img: disc.apply({"params": disc_params}, img)
+      return losses.vae_blend_loss(
+          encode, decode, x, keep, key, lpips_fn=lpips_fn, logvar=p["logvar"], disc_fn=disc_fn,
+          step=step, sample_posterior=bool(vc.sample_posterior),
+          lpips_weight=float(vc.lpips_weight), kl_weight=float(vc.kl_weight),
+          disc_factor=float(vc.disc_factor), disc_start=int(vc.disc_start),
+          keep_method=config.two_step.keep_method)
+
+    gen_params = {"vae": params["vae"], "logvar": params["logvar"]}
+    loss, gen_grads, terms = losses.generator_loss_and_grads(
+        terms_fn, gen_params, last_layer_fn=lambda g: g["vae"]["decoder"]["conv_out"]["kernel"],
+        kl_weight=float(vc.kl_weight), disc_weight=float(vc.disc_weight))
+    x_hat = jax.lax.stop_gradient(terms["x_hat"])
+
+    def d_loss_fn(dp):
+      return losses.discriminator_loss(lambda img: disc.apply({"params": dp}, img), x, x_hat,
+                                       step=step, disc_factor=float(vc.disc_factor),
+                                       disc_start=int(vc.disc_start))
+
+    (d_loss, _), disc_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(params["disc"])
+    g = {"vae": gen_grads["vae"], "logvar": gen_grads["logvar"], "disc": disc_grads}
+    metrics = {"loss": loss, "loss1": terms["rec_loss"], "loss2": d_loss,
+               "l1": terms["l1_loss"], "lpips": terms["lpips_loss"], "kl": terms["kl_loss"],
+               "g_loss": terms["g_loss"], "d_weight": terms["d_weight"],
+               "logvar": params["logvar"]}
+    return g, metrics
+
+  return grads
+
+
+# ============================================================================ accumulation
+
+def accumulate(grads_fn: Callable, num_micro: int) -> Callable:
+  """Wraps ``grads_fn`` to average over ``num_micro`` micro-batches with a ``lax.scan``.
+
+  Micro-batch i holds rows ``i, i + A, i + 2A, ...`` of the batch, so each spans every device's
+  shard. Gradients and metrics are averaged in float32.
+  """
+  if num_micro == 1:
+    return grads_fn
+
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]), 0, 1)
+
+  def wrapped(params, frozen, batch, rand, key, step):
+    micro = (jax.tree.map(split, batch), jax.tree.map(split, rand),
+             jax.random.split(key, num_micro))
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    _, m_shape = jax.eval_shape(
+        grads_fn, params, frozen, *jax.tree.map(lambda x: x[0], micro[:2]), key, step)
+    m_zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), m_shape)
+
+    def body(carry, xs):
+      g_acc, m_acc = carry
+      b, r, k = xs
+      g, m = grads_fn(params, frozen, b, r, k, step)
+      add = lambda a, v: a + v.astype(jnp.float32)
+      return (jax.tree.map(add, g_acc, g), jax.tree.map(add, m_acc, m)), None
+
+    (g, m), _ = jax.lax.scan(body, (zeros, m_zeros), micro)
+    return jax.tree.map(lambda v: v / num_micro, (g, m))
+
+  return wrapped
+
+
+# ============================================================================ the step
+
+def make_random_inputs(config, key, batch_size: int, latent_hw_c) -> dict:
+  """Timesteps and noises for the global batch (mode-dependent; empty for vae_finetune)."""
+  if config.mode == "vae_finetune":
+    return {}
+  k_t, k1, k2 = jax.random.split(key, 3)
+  ts = config.two_step
+  stride = int(ts.stride) if config.mode == "two_step" and ts.second_t == "prev" else 0
+  min_t = int(ts.min_t) if config.mode == "two_step" else 0
+  t = losses.sample_timesteps(k_t, batch_size, stride=stride, min_t=min_t,
+                              num_train_timesteps=int(config.schedule.num_train_timesteps))
+  shape = (batch_size,) + tuple(latent_hw_c)
+  rand = {"t": t, "noise1": jax.random.normal(k1, shape, jnp.float32)}
+  if config.mode == "two_step":
+    rand["noise2"] = jax.random.normal(k2, shape, jnp.float32)
+  return rand
+
+
+def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
+                    state_shardings, frozen_shardings, *, alphas_cumprod=None,
+                    lpips_fn_factory: Callable | None = None, donate: bool = True):
+  """The jitted ``step(state, frozen, batch) -> (state, metrics)`` (see module doc).
+
+  ``batch``: ``image`` (B,R,R,3), ``keep`` (B,R,R,1), ``input_ids`` (B,77) global arrays sharded
+  over the batch axes. ``metrics``: replicated float32 scalars.
+  """
+  batch_size = int(config.batch_size)
+  num_micro = int(config.grad_accum_steps)
+  lat = latent_shape(models, 1, int(config.data.resolution))[1:]
+  if config.mode == "vae_finetune":
+    grads_fn = make_vae_grads(config, models, lpips_fn_factory)
+  else:
+    grads_fn = make_diffusion_grads(config, models, alphas_cumprod)
+  grads_fn = accumulate(grads_fn, num_micro)
+  schedule = state_lib.learning_rate_schedule(config)
+  ema_decay = float(config.ema_decay)
+  batch_spec = NamedSharding(mesh, P(shd.BATCH_AXES))
+
+  if config.parallelism == "shard_map":
+    local = grads_fn
+
+    def device_grads(params, frozen, batch, rand, key, step):
+      g, m = local(params, frozen, batch, rand, key, step)
+      return jax.lax.pmean((g, m), shd.BATCH_AXES)
+
+    def grads_fn(params, frozen, batch, rand, key, step):  # pylint: disable=function-redefined
+      return jax.shard_map(
+          device_grads, mesh=mesh,
+          in_specs=(P(), P(), P(shd.BATCH_AXES), P(shd.BATCH_AXES), P(), P()),
+          out_specs=(P(), P()), check_vma=False)(params, frozen, batch, rand, key, step)
+
+  def step(state: state_lib.TrainState, frozen, batch: Batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    k_rand, k_loss = jax.random.split(key)
+    rand = make_random_inputs(config, k_rand, batch_size, lat)
+    rand = jax.lax.with_sharding_constraint(rand, batch_spec)
+    model_batch = {k: batch[k] for k in ("image", "keep", "input_ids")}
+    grads, metrics = grads_fn(state.params, frozen, model_batch, rand, k_loss, state.step)
+
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state_lib.ema_update(state.ema_params, params, ema_decay)
+    keep_old = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1, params=keep_old(params, state.params),
+        opt_state=keep_old(opt_state, state.opt_state),
+        ema_params=keep_old(ema, state.ema_params), skipped=state.skipped + skipped,
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step),
+                   skipped=skipped, skipped_total=new_state.skipped,
+                   nonfinite_streak=new_state.nonfinite_streak)
+    return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+
+  batch_in = {"image": batch_spec, "keep": batch_spec, "input_ids": batch_spec}
+  return jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_in),
+                 out_shardings=(state_shardings, NamedSharding(mesh, P())),
+                 donate_argnums=(0,) if donate else ())
+
+
+# ============================================================================ samples
+
+def make_sample_fn(config, models, alphas_cumprod=None) -> Callable:
+  """Jitted ``sample(params, frozen, batch, cond_ids, uncond_ids, key) -> (B,R,R,3)`` images.
+
+  two_step/standard: BLD sampling (DDIM, CFG, blending) with the given UNet params, decoded by
+  the VAE. vae_finetune: the Eq. 6 blend reconstruction with the given VAE params.
+  """
+  from seamless_jax.diffusion import sampler  # pylint: disable=import-outside-toplevel
+  vae, text, unet = models.vae, models.text, models.unet
+  sf = models.scaling_factor
+  sc = config.sample
+
+  if config.mode == "vae_finetune":
+    @jax.jit
+    def vae_sample(params, frozen, batch, cond_ids, uncond_ids, key):
+      del cond_ids, uncond_ids, key
+      full = {**frozen["vae"], **params["vae"]}
+      encode = lambda img: vae.apply({"params": full}, img, method=vae.encode)
+      decode = lambda z: vae.apply({"params": full}, z, method=vae.decode)
+      x = losses.blend_reconstruct(encode, decode, batch["image"], batch["keep"],
+                                   sample_posterior=False)
+      return jnp.clip(x.astype(jnp.float32), -1, 1)
+    return vae_sample
+
+  def model_fn(p, z, t, context):
+    return unet.apply({"params": p}, z, t, context)
+
+  bld = functools.partial(sampler.bld_sample, model_fn,
+                          num_inference_steps=int(sc.num_inference_steps),
+                          prediction_type="v_prediction")
+
+  @jax.jit
+  def bld_sample(params, frozen, batch, cond_ids, uncond_ids, key):
+    image, keep = batch["image"], batch["keep"]
+    mean, _ = vae.apply({"params": frozen["vae"]}, image * keep, method=vae.encode)
+    z0_known = mean.astype(jnp.float32) * sf
+    keep_latent = blending.latent_keep(keep, z0_known.shape[1:3], config.two_step.keep_method)
+    cond = text.apply({"params": frozen["text"]}, cond_ids)
+    uncond = text.apply({"params": frozen["text"]}, uncond_ids)
+    z = bld(params, z0_known, keep_latent, cond, uncond, key, alphas_cumprod,
+            guidance_scale=float(sc.guidance_scale))
+    x = vae.apply({"params": frozen["vae"]}, z / sf, method=vae.decode)
+    return jnp.clip(x.astype(jnp.float32), -1, 1)
+
+  return bld_sample

@@ -1,0 +1,33 @@
+"""Tiny configs for tests and benchmarks: fast CPU runs on a small image folder."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+
+def write_tiny_data(folder: str, resolution: int = 32) -> str:
+  """The bundled demo photos at ``resolution`` (+ tokenizer) in ``folder``, written once."""
+  from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(os.path.join(folder, "metadata.jsonl")):
+    demo.write_demo_dataset(folder, resolution=resolution)
+  return folder
+
+
+def tiny_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """``configs/<mode>.py:tiny`` pointed at ``data_dir``; ``overrides`` as dotted keys
+  (``{'two_step.weight': 1.0}`` may be given as ``two_step__weight=1.0``)."""
+  from configs import standard, two_step, vae_finetune  # pylint: disable=import-outside-toplevel
+  module = {"two_step": two_step, "standard": standard, "vae_finetune": vae_finetune}[mode]
+  config = module.get_config("tiny")
+  config.data.path = data_dir
+  config.data.tokenizer_dir = os.path.join(data_dir, "tokenizer")
+  config.data.shuffle = True
+  for key, value in overrides.items():
+    target = config
+    parts = key.split("__")
+    for part in parts[:-1]:
+      target = target[part]
+    target[parts[-1]] = value
+  return config

@@ -1,0 +1,73 @@
+"""Configs load in every variant and bad values fail naming the field."""
+
+import pytest
+
+from configs import standard, two_step, vae_finetune
+from seamless_jax.train import config_check
+
+
+@pytest.mark.parametrize("module", [two_step, standard, vae_finetune])
+@pytest.mark.parametrize("variant", ["sd15", "tiny", "demo"])
+def test_variants_load(module, variant):
+  c = module.get_config(variant)
+  assert c.mode in config_check.MODES
+  for field in ("pretrained", "batch_size", "total_steps", "learning_rate", "warmup_steps",
+                "grad_accum_steps", "max_grad_norm", "ema_decay", "seed", "log_every",
+                "checkpoint_every", "sample_every", "keep_checkpoints", "dtype", "remat",
+                "attention", "parallelism"):
+    assert field in c
+  assert set(c.mesh) == {"data", "fsdp"}
+
+
+def test_paper_settings():
+  c = two_step.get_config("sd15")
+  assert (c.two_step.weight, c.two_step.stride, c.learning_rate, c.data.resolution,
+          c.data.caption_dropout) == (0.5, 20, 1e-5, 512, 0.1)
+  assert standard.get_config("sd15").mode == "standard"
+  v = vae_finetune.get_config("sd15")
+  assert (v.data.resolution, v.vae.train_encoder, v.adam_b1, v.adam_b2) == (256, False, 0.5, 0.9)
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown config variant 'small'"):
+    two_step.get_config("small")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("mode", "twostep", "config.mode='twostep'"),
+    ("parallelism", "pmap", "config.parallelism='pmap'"),
+    ("dtype", "bf16", "config.dtype='bf16'"),
+    ("batch_size", 0, "config.batch_size must be > 0"),
+])
+def test_bad_values_name_the_field(field, value, message):
+  c = two_step.get_config("tiny")
+  c.data.path = "/data"
+  c[field] = value
+  with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    config_check.validate(c)
+
+
+def test_missing_pretrained_folder(tmp_path):
+  c = two_step.get_config("sd15")
+  c.data.path = "/data"
+  with pytest.raises(ValueError, match="config.pretrained must name"):
+    config_check.validate(c)
+  c.pretrained = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="config.pretrained="):
+    config_check.validate(c)
+
+
+def test_lpips_weight_needs_weights():
+  c = vae_finetune.get_config("tiny")
+  c.data.path = "/data"
+  c.vae.lpips_weight = 1.0
+  with pytest.raises(ValueError, match="config.vae.lpips_weight > 0 needs"):
+    config_check.validate(c)
+
+
+def test_batch_must_divide_devices():
+  c = two_step.get_config("tiny")
+  c.data.path = "/data"
+  c.batch_size = 6
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+    config_check.validate(c, num_devices=4)

@@ -1,0 +1,156 @@
+"""Train step on one device: NaN batches are skipped, gradient accumulation, EMA, loss falls."""
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seamless_jax.data import pipeline
+from seamless_jax.train import loop
+from seamless_jax.train import sharding as shd
+from seamless_jax.train import testing
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="module")
+def trainer(data_dir):
+  """One tiny two_step trainer shared by the tests that only call its step (compiles once)."""
+  return loop.setup(testing.tiny_config("two_step", data_dir))
+
+
+def _batches(config, n, seed=0):
+  it = iter(pipeline.make_dataset(config.data, batch_size=config.batch_size, seed=seed))
+  return [{k: np.asarray(v) for k, v in next(it).items() if k != "num_skipped"}
+          for _ in range(n)]
+
+
+def _fresh(trainer):
+  """A copy of the initial state (the step donates its input state)."""
+  return jax.tree.map(jnp.copy, trainer.state)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _copy(tree):
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def test_nan_batch_is_skipped_and_counted(trainer):
+  config = trainer.config
+  good = _batches(config, 1)[0]
+  bad = dict(good, image=np.full_like(good["image"], np.nan))
+  put = lambda b: shd.shard_batch(b, trainer.mesh)
+
+  before = _copy((trainer.state.params, trainer.state.opt_state, trainer.state.ema_params))
+  state, metrics = trainer.step_fn(_fresh(trainer), trainer.frozen, put(bad))
+  assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
+  assert int(state.step) == 1 and int(state.skipped) == 1 and int(state.nonfinite_streak) == 1
+  after = _copy((state.params, state.opt_state, state.ema_params))
+  for a, b in zip(_leaves(before), _leaves(after)):
+    np.testing.assert_array_equal(a, b)  # nothing changed, bitwise
+
+  state, metrics = trainer.step_fn(state, trainer.frozen, put(good))
+  assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+  assert int(state.nonfinite_streak) == 0 and int(state.skipped) == 1
+  changed = [not np.array_equal(a, b) for a, b in zip(_leaves(before[0]), _leaves(state.params))]
+  assert any(changed)
+
+
+def test_loss_falls_on_a_fixed_batch(trainer):
+  config = trainer.config
+  batch = shd.shard_batch(_batches(config, 1)[0], trainer.mesh)
+  state, losses = _fresh(trainer), []
+  for _ in range(40):
+    state, metrics = trainer.step_fn(state, trainer.frozen, batch)
+    losses.append(float(metrics["loss"]))
+  # Timesteps/noise change every step, so compare window means.
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+@pytest.mark.slow
+def test_grad_accumulation_matches_full_batch(trainer):
+  """grad_accum_steps=2 averages 2 micro-batch gradients: the same loss and (pre-clipping)
+  gradient norm as one full batch, up to float32 summation order."""
+  batch = _batches(trainer.config, 1)[0]
+  _, m1 = trainer.step_fn(_fresh(trainer), trainer.frozen, shd.shard_batch(batch, trainer.mesh))
+  config = testing.tiny_config("two_step", trainer.config.data.path, grad_accum_steps=2)
+  accum = loop.setup(config)
+  _, m2 = accum.step_fn(accum.state, accum.frozen, shd.shard_batch(batch, accum.mesh))
+  assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5)
+  assert float(m1["grad_norm"]) == pytest.approx(float(m2["grad_norm"]), rel=1e-4)
+
+
+def test_ema_follows_params(trainer):
+  d = trainer.config.ema_decay
+  old = _copy(trainer.state.ema_params)
+  state, _ = trainer.step_fn(_fresh(trainer), trainer.frozen,
+                             shd.shard_batch(_batches(trainer.config, 1)[0], trainer.mesh))
+  for o, p, e in zip(_leaves(old), _leaves(state.params), _leaves(state.ema_params)):
+    np.testing.assert_allclose(e, d * o + (1 - d) * p, rtol=1e-6, atol=1e-7)
+
+
+def test_vae_finetune_step_trains_decoder_only(data_dir):
+  config = testing.tiny_config("vae_finetune", data_dir, vae__disc_start=0)
+  trainer = loop.setup(config)
+  assert set(trainer.state.params) == {"vae", "logvar", "disc"}
+  assert set(trainer.state.params["vae"]) == {"decoder", "post_quant_conv"}
+  assert "encoder" in trainer.frozen["vae"]
+  batch = shd.shard_batch(_batches(config, 1)[0], trainer.mesh)
+  old = _copy(trainer.state.params)
+  state, metrics = trainer.step_fn(trainer.state, trainer.frozen, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["skipped"]) == 0
+  assert float(metrics["g_loss"]) != 0.0  # the discriminator is active from step 0 here
+  for name in ("decoder", "disc"):
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(_leaves(old[name] if name == "disc" else old["vae"][name]),
+                               _leaves(state.params[name] if name == "disc"
+                                       else state.params["vae"][name])))
+
+
+class _PoisonIterator(grain.DatasetIterator):
+  """Yields NaN images from batch index ``start`` on (1-based steps ``start+1, ...``)."""
+
+  def __init__(self, parent, start):
+    super().__init__(parent)
+    self._start, self._count = start, 0
+
+  def __next__(self):
+    batch = next(self._parent)
+    self._count += 1
+    if self._count > self._start:
+      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+    return batch
+
+  def get_state(self):
+    return {"parent": self._parent.get_state(), "count": self._count}
+
+  def set_state(self, state):
+    self._parent.set_state(state["parent"])
+    self._count = state["count"]
+
+
+def test_nonfinite_streak_stops_run_keeping_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  real = pipeline.make_dataset
+
+  class Poisoned(grain.IterDataset):
+    def __init__(self, parent):
+      super().__init__(parent)
+
+    def __iter__(self):
+      return _PoisonIterator(iter(self._parent), start=4)
+
+  monkeypatch.setattr(loop.pipeline, "make_dataset", lambda *a, **k: Poisoned(real(*a, **k)))
+  config = testing.tiny_config("two_step", data_dir, total_steps=20, checkpoint_every=2,
+                               log_every=1, max_nonfinite_steps=3)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(loop.NonFiniteError, match="3 non-finite steps in a row.*step 4"):
+    loop.train_and_evaluate(config, workdir)
+  from seamless_jax.train import checkpoint as ckpt_lib
+  assert ckpt_lib.Checkpointer(workdir).all_steps() == [2, 4]  # none saved during the streak
