@@ -252,7 +252,8 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
         opt_state=keep_old(opt_state, state.opt_state),
         ema_params=keep_old(ema, state.ema_params), skipped=state.skipped + skipped,
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
-    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step),
+    # The optimizer's own count advances only on applied updates: step - skipped.
+    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step - state.skipped),
                    skipped=skipped, skipped_total=new_state.skipped,
                    nonfinite_streak=new_state.nonfinite_streak)
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
