@@ -83,3 +83,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.guidance_scale = 3.0
   c.sample.prompt = "scenery"    # '' = use each example's own caption
   return c
+
+
+VARIANTS = ("sd15", "tiny", "demo")
+
+
+def apply_small_variant(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Settings shared by every mode's ``:tiny`` and ``:demo`` variants: tiny random models,
+  float32, 32² images read in-process (CPU-fast); ``:demo`` also writes the bundled photos."""
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown config variant {arg!r}; expected one of {VARIANTS}")
+  c.model = "tiny"
+  c.dtype = "float32"
+  c.batch_size = 8
+  c.learning_rate = 1e-3
+  c.log_every = 10 if arg == "demo" else 2
+  c.async_checkpointing = arg == "demo"
+  c.fsdp_min_size = 1024
+  c.data.resolution = 32
+  c.data.min_side = 32
+  c.data.worker_count = 0
+  c.data.read_threads = 2
+  c.data.prefetch_buffer_size = 16
+  c.demo_data = arg == "demo"
+  return c

@@ -23,31 +23,16 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.model = "sd15"
     c.data.resolution = 512
     return c
-  if arg not in ("tiny", "demo"):
-    raise ValueError(f"unknown config variant {arg!r}; expected 'sd15', 'tiny' or 'demo'")
-  c.model = "tiny"
-  c.dtype = "float32"
-  c.batch_size = 8
+  default.apply_small_variant(c, arg)
   c.total_steps = 60 if arg == "demo" else 10
-  c.learning_rate = 1e-3
   c.warmup_steps = 5
   c.lr_schedule = "constant"
   c.weight_decay = 0.0
   c.ema_decay = 0.99
-  c.log_every = 10 if arg == "demo" else 2
   c.checkpoint_every = 30 if arg == "demo" else 5
   c.sample_every = 60 if arg == "demo" else 0
-  c.async_checkpointing = arg == "demo"
-  c.fsdp_min_size = 1024
-  c.data.resolution = 32
-  c.data.min_side = 32
-  c.data.worker_count = 0
-  c.data.read_threads = 2
-  c.data.prefetch_buffer_size = 16
   c.sample.num_images = 4
   c.sample.num_inference_steps = 10
-  if arg == "demo":
-    c.demo_data = True
   return c
 
 

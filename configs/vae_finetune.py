@@ -38,24 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "sd15":
     c.model = "sd15"
     return c
-  if arg not in ("tiny", "demo"):
-    raise ValueError(f"unknown config variant {arg!r}; expected 'sd15', 'tiny' or 'demo'")
-  c.model = "tiny"
-  c.dtype = "float32"
-  c.batch_size = 8
+  default.apply_small_variant(c, arg)
   c.total_steps = 40 if arg == "demo" else 8
-  c.learning_rate = 1e-3
-  c.log_every = 10 if arg == "demo" else 2
   c.checkpoint_every = 20 if arg == "demo" else 4
   c.sample_every = 40 if arg == "demo" else 0
-  c.async_checkpointing = arg == "demo"
-  c.fsdp_min_size = 1024
   c.vae.lpips_weight = 0.0  # no LPIPS weights in tiny runs: L1 + KL (+ GAN) only
   c.vae.disc_start = 4
-  c.data.resolution = 32
-  c.data.min_side = 32
-  c.data.worker_count = 0
-  c.data.read_threads = 2
-  c.data.prefetch_buffer_size = 16
-  c.demo_data = arg == "demo"
   return c
