@@ -215,3 +215,14 @@ def test_sharded_checkpoint_loads(tmp_path):
   sample, timesteps, context = unet_inputs(presets.TINY_UNET)
   ours = flax_forward(module, params, sample, timesteps, context)
   assert np.abs(ours - torch_forward(reference, sample, timesteps, context)).max() <= PARITY_ATOL
+
+
+def test_half_precision_variant_loads_as_float32_masters(tmp_path):
+  """``diffusion_pytorch_model.fp16.safetensors`` (bf16 too) load on the host as float32."""
+  reference = random_torch_unet(presets.TINY_UNET)
+  reference.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True, variant="fp16")
+  module, params = convert.load_unet(str(tmp_path), variant="fp16")
+  leaves = jax.tree_util.tree_leaves(params)
+  assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in leaves)
+  expected = reference.state_dict()["conv_in.weight"].float().numpy()
+  np.testing.assert_array_equal(params["conv_in"]["kernel"], expected.transpose(2, 3, 1, 0))
