@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import assert_same_params
 import torch
 
 from seamless_jax import convert
@@ -29,14 +30,6 @@ def tiny_diffusers_pipeline(tokenizer_dir):
   return diffusers.StableDiffusionPipeline(
       unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
-def assert_same_params(a, b):
-  flat_a, flat_b = (dict(jax.tree_util.tree_leaves_with_path(p)) for p in (a, b))
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]),
-                                  err_msg=str(key))
 
 
 def test_load_and_save_whole_pipeline(tmp_path):

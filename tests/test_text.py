@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_params
 import torch
 from safetensors.numpy import load_file, save_file
 
@@ -81,13 +82,6 @@ def assert_parity(module, params, model, config=presets.TINY_TEXT):
   error = np.abs(ours - expected).max()
   assert error <= PARITY_ATOL, f"max abs error {error:.2e} vs transformers"
   assert np.abs(expected).max() > 1e-2
-
-
-def assert_same_params(params, params2):
-  flat, flat2 = (jax.tree_util.tree_leaves_with_path(p) for p in (params, params2))
-  assert [k for k, _ in flat] == [k for k, _ in flat2]
-  for (key, a), (_, b) in zip(flat, flat2):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_params
 import torch
 
 from seamless_jax import convert
@@ -88,10 +89,7 @@ def test_round_trip_flax_diffusers_flax_is_identical(tmp_path):
   module2, params2 = convert.load_unet(str(tmp_path / "theirs"))
 
   assert module2 == module
-  flat, flat2 = (jax.tree_util.tree_leaves_with_path(p) for p in (params, params2))
-  assert [k for k, _ in flat] == [k for k, _ in flat2]
-  for (key, a), (_, b) in zip(flat, flat2):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
+  assert_same_params(params, params2)
   # And diffusers computes the same function from the folder we wrote.
   sample, timesteps, context = unet_inputs(config)
   ours = flax_forward(module, params, sample, timesteps, context)

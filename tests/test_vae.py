@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_same_params
 import torch
 from safetensors.numpy import load_file, save_file
 
@@ -96,13 +97,6 @@ def assert_parity(module, params, model):
     error = np.abs(ours - ref).max()
     assert error <= PARITY_ATOL, f"{name}: max abs error {error:.2e} vs diffusers"
     assert np.abs(ref).max() > 1e-2, name  # not a comparison of near-zero outputs
-
-
-def assert_same_params(params, params2):
-  flat, flat2 = (jax.tree_util.tree_leaves_with_path(p) for p in (params, params2))
-  assert [k for k, _ in flat] == [k for k, _ in flat2]
-  for (key, a), (_, b) in zip(flat, flat2):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
 
 
 @pytest.fixture(scope="module")
