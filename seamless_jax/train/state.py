@@ -131,6 +131,27 @@ def _random_params(config, models, key) -> tuple[Any, Any]:
 
 # ============================================================================ creation
 
+def init_keys(config) -> tuple[jax.Array, jax.Array]:
+  """``(init_key, rng)``: the key that initialises random params and the state's base key."""
+  return tuple(jax.random.split(jax.random.PRNGKey(int(config.seed))))
+
+
+def initial_params(config, models) -> tuple[Any, Any]:
+  """``(trainable, frozen)`` params exactly as training starts them, on the default device.
+
+  Random parts come from the same key as in :func:`create_train_state`, so a tiny model's
+  frozen VAE/text encoder (not checkpointed) is rebuilt bit-for-bit from ``config.seed``.
+  """
+  init_key, _ = init_keys(config)
+  return _random_params(config, models, init_key)
+
+
+def abstract_trainable_params(config, models):
+  """``jax.ShapeDtypeStruct`` tree of ``state.params`` for ``config.mode`` (no allocation)."""
+  return jax.eval_shape(lambda key: _random_params(config, models, key)[0],
+                        init_keys(config)[0])
+
+
 def _new_state(params, tx, rng) -> TrainState:
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=tx.init(params),
@@ -146,8 +167,7 @@ def create_train_state(config, models, mesh, tx: optax.GradientTransformation
   passed into the jitted init as (donated) arguments already placed on their shards; random
   params are created inside it. ``state_shardings`` also serves checkpoint restore.
   """
-  base = jax.random.PRNGKey(int(config.seed))
-  init_key, rng = jax.random.split(base)
+  init_key, rng = init_keys(config)
   min_size = int(config.fsdp_min_size)
   host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
   host = {k: v for k, v in host.items() if v is not None}
