@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # tiny.py: the tests' tiny configs
 
-
+import tiny  # pylint: disable=wrong-import-position
 from seamless_jax.models import presets
-from seamless_jax.train import loop, testing
+from seamless_jax.train import loop
 from seamless_jax.train import sharding as shd
 
 
@@ -111,8 +113,8 @@ def main():
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--data_dir", default="/tmp/seamless_bench_data")
   args = parser.parse_args()
-  data_dir = testing.write_tiny_data(args.data_dir, resolution=max(args.resolution, 32))
-  config = testing.tiny_config("two_step", data_dir, batch_size=args.batch, dtype=args.dtype)
+  data_dir = tiny.write_tiny_data(args.data_dir, resolution=max(args.resolution, 32))
+  config = tiny.tiny_config("two_step", data_dir, batch_size=args.batch, dtype=args.dtype)
   config.data.resolution = config.data.min_side = args.resolution
   if args.model != "tiny":
     # Random models of --model's size: benchmark only (no pretrained folder needed).

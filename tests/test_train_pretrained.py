@@ -13,7 +13,8 @@ from configs import two_step
 from seamless_jax import convert
 from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel, presets
 from seamless_jax.data import pipeline
-from seamless_jax.train import loop, testing
+import tiny
+from seamless_jax.train import loop
 from seamless_jax.train import sharding as shd
 
 
@@ -24,7 +25,7 @@ def _random_params(module, seed):
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("sd")
-  data_dir = testing.write_tiny_data(str(root / "data"))
+  data_dir = tiny.write_tiny_data(str(root / "data"))
   unet = UNet2DConditionModel.from_config(presets.TINY_UNET)
   vae = AutoencoderKL.from_config(presets.TINY_VAE)
   text = CLIPTextModel.from_config(presets.TINY_TEXT)

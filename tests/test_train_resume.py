@@ -13,14 +13,14 @@ import pytest
 
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import loop
-from seamless_jax.train import testing
+import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 def _final_state(workdir, step):
@@ -35,13 +35,13 @@ def test_stop_and_resume_is_bitwise_identical(data_dir, tmp_path):
   n, k = 6, 3
   kwargs = dict(total_steps=n, checkpoint_every=k, log_every=1)
   full = str(tmp_path / "full")
-  assert loop.train_and_evaluate(testing.tiny_config("two_step", data_dir, **kwargs),
+  assert loop.train_and_evaluate(tiny.tiny_config("two_step", data_dir, **kwargs),
                                  full)["step"] == n
   split = str(tmp_path / "split")
   assert loop.train_and_evaluate(
-      testing.tiny_config("two_step", data_dir, stop_at_step=k, **kwargs), split)["step"] == k
+      tiny.tiny_config("two_step", data_dir, stop_at_step=k, **kwargs), split)["step"] == k
   assert ckpt_lib.Checkpointer(split).all_steps() == [k]
-  assert loop.train_and_evaluate(testing.tiny_config("two_step", data_dir, **kwargs),
+  assert loop.train_and_evaluate(tiny.tiny_config("two_step", data_dir, **kwargs),
                                  split)["step"] == n
   a, b = _final_state(full, n), _final_state(split, n)
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)

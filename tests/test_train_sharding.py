@@ -23,20 +23,21 @@ def _run_checks(data_dir: str, ckpt_dir: str) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from seamless_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import loop, testing  # pylint: disable=import-outside-toplevel
+  import tiny  # pylint: disable=import-outside-toplevel
+  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import sharding as shd  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == 8, jax.devices()
   report = {"runs": {}}
-  base = testing.tiny_config("two_step", data_dir)
+  base = tiny.tiny_config("two_step", data_dir)
   it = iter(pipeline.make_dataset(base.data, batch_size=base.batch_size, seed=0))
   batches = [{k: np.asarray(v) for k, v in next(it).items() if k != "num_skipped"}
              for _ in range(2)]
   saved = None
   for name, data, fsdp, par in (("one_device", 1, 1, "jit"), ("data2_fsdp4", 2, 4, "jit"),
                                 ("shard_map_8", 8, 1, "shard_map")):
-    config = testing.tiny_config("two_step", data_dir, parallelism=par)
+    config = tiny.tiny_config("two_step", data_dir, parallelism=par)
     config.mesh.data, config.mesh.fsdp = data, fsdp
     trainer = loop.setup(config)
     state, losses = trainer.state, []
@@ -77,8 +78,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-  from seamless_jax.train import testing  # pylint: disable=import-outside-toplevel
-  data_dir = testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+  import tiny  # pylint: disable=import-outside-toplevel
+  data_dir = tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
   ckpt_dir = str(tmp_path_factory.mktemp("ckpt"))
   out = str(tmp_path_factory.mktemp("out") / "report.json")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

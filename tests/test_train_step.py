@@ -9,18 +9,18 @@ import pytest
 from seamless_jax.data import pipeline
 from seamless_jax.train import loop
 from seamless_jax.train import sharding as shd
-from seamless_jax.train import testing
+import tiny
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 @pytest.fixture(scope="module")
 def trainer(data_dir):
   """One tiny two_step trainer shared by the tests that only call its step (compiles once)."""
-  return loop.setup(testing.tiny_config("two_step", data_dir))
+  return loop.setup(tiny.tiny_config("two_step", data_dir))
 
 
 def _batches(config, n, seed=0):
@@ -80,7 +80,7 @@ def test_grad_accumulation_matches_full_batch(trainer):
   gradient norm as one full batch, up to float32 summation order."""
   batch = _batches(trainer.config, 1)[0]
   _, m1 = trainer.step_fn(_fresh(trainer), trainer.frozen, shd.shard_batch(batch, trainer.mesh))
-  config = testing.tiny_config("two_step", trainer.config.data.path, grad_accum_steps=2)
+  config = tiny.tiny_config("two_step", trainer.config.data.path, grad_accum_steps=2)
   accum = loop.setup(config)
   _, m2 = accum.step_fn(accum.state, accum.frozen, shd.shard_batch(batch, accum.mesh))
   assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5)
@@ -97,7 +97,7 @@ def test_ema_follows_params(trainer):
 
 
 def test_vae_finetune_step_trains_decoder_only(data_dir):
-  config = testing.tiny_config("vae_finetune", data_dir, vae__disc_start=0)
+  config = tiny.tiny_config("vae_finetune", data_dir, vae__disc_start=0)
   trainer = loop.setup(config)
   assert set(trainer.state.params) == {"vae", "logvar", "disc"}
   assert set(trainer.state.params["vae"]) == {"decoder", "post_quant_conv"}
@@ -147,7 +147,7 @@ def test_nonfinite_streak_stops_run_keeping_last_good_checkpoint(data_dir, tmp_p
       return _PoisonIterator(iter(self._parent), start=4)
 
   monkeypatch.setattr(loop.pipeline, "make_dataset", lambda *a, **k: Poisoned(real(*a, **k)))
-  config = testing.tiny_config("two_step", data_dir, total_steps=20, checkpoint_every=2,
+  config = tiny.tiny_config("two_step", data_dir, total_steps=20, checkpoint_every=2,
                                log_every=1, max_nonfinite_steps=3)
   workdir = str(tmp_path / "run")
   with pytest.raises(loop.NonFiniteError, match="3 non-finite steps in a row.*step 4"):

@@ -1,10 +1,17 @@
-"""Tiny configs for tests and benchmarks: fast CPU runs on a small image folder."""
+"""Tiny configs for tests and benchmarks: fast CPU runs on a small image folder.
+
+Lives in tests/ (not in the package) because it imports the repository's ``configs/``, which
+the installed package does not ship. Tests import it as ``import tiny`` (pytest puts tests/ on
+``sys.path``); benchmarks add tests/ to ``sys.path`` first.
+"""
 
 from __future__ import annotations
 
 import os
 
 import ml_collections
+
+from configs import standard, two_step, vae_finetune
 
 
 def write_tiny_data(folder: str, resolution: int = 32) -> str:
@@ -18,7 +25,6 @@ def write_tiny_data(folder: str, resolution: int = 32) -> str:
 def tiny_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """``configs/<mode>.py:tiny`` pointed at ``data_dir``; ``overrides`` as dotted keys
   (``{'two_step.weight': 1.0}`` may be given as ``two_step__weight=1.0``)."""
-  from configs import standard, two_step, vae_finetune  # pylint: disable=import-outside-toplevel
   module = {"two_step": two_step, "standard": standard, "vae_finetune": vae_finetune}[mode]
   config = module.get_config("tiny")
   config.data.path = data_dir
