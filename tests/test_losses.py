@@ -35,12 +35,13 @@ def np_two_step(params, z0, z0k, keep, t, e1, e2, *, stride, weight, second_t,
   p_hat = params if z0_hat_params is None else z0_hat_params
   z0_hat = sq(a_t) * z_t - sq(1 - a_t) * np_v_fn(p_hat, z_t, t)
   z0_hat = z0_hat * (1 - keep) + z0k * keep
-  tp = t - stride if second_t == "prev" else t
+  tp = t - stride  # lines 7-9: ẑ0 is re-noised at ā_{t'} for both options
   a_p = AC64[tp]
   z_tp = sq(a_p) * z0_hat + sq(1 - a_p) * e2
   e2_star = (z_tp - sq(a_p) * z0) / sq(1 - a_p)
   v2 = sq(a_p) * e2_star - sq(1 - a_p) * z0
-  l2 = np.mean((v2 - np_v_fn(params, z_tp, tp)) ** 2, axis=(1, 2, 3))
+  t_in = tp if second_t == "prev" else t  # line 10 as printed: vθ(ẑ_{t'}, t, C)
+  l2 = np.mean((v2 - np_v_fn(params, z_tp, t_in)) ** 2, axis=(1, 2, 3))
   return l1.mean() + weight * l2.mean(), l1, l2
 
 
@@ -96,6 +97,36 @@ def test_two_step_matches_numpy_values_and_grads(second_t, stop_grad):
                  ) / (2 * h)
     err = np.max(np.abs(np.asarray(g) - fd)) / max(1.0, np.max(np.abs(fd)))
     assert err < 1e-4, f"param {i}: relative grad error {err:.2e}"
+
+
+@pytest.mark.parametrize("second_t", ["prev", "same"])
+def test_second_call_renoises_at_t_prev_and_feeds_the_chosen_timestep(second_t):
+  """Both options re-noise ẑ0 at t' = t − stride (Alg. 1 line 7); only the timestep input of
+  the second model call differs: t' for 'prev', t for 'same' (line 10 as printed)."""
+  _, z0, z0k, keep, t, e1, e2 = _inputs(4)
+  calls = []
+
+  def v_fn(z, tt):
+    calls.append((np.asarray(z, np.float64), np.asarray(tt)))
+    return 0.5 * z
+
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  _, aux = losses.two_step_loss(v_fn, f32(z0), f32(z0k), f32(keep), jnp.asarray(t, jnp.int32),
+                                f32(e1), f32(e2), AC, stride=20, second_t=second_t)
+  assert len(calls) == 2
+  np.testing.assert_array_equal(calls[0][1], t)
+  np.testing.assert_array_equal(calls[1][1], t - 20 if second_t == "prev" else t)
+  np.testing.assert_array_equal(aux["t_prev"], t - 20)
+  np.testing.assert_array_equal(aux["t_model2"], calls[1][1])
+  # The second input is ẑ0 noised with ā_{t−20} (NumPy, float64), not with ā_t.
+  sq = lambda a: np.sqrt(a)[:, None, None, None]
+  z_t = sq(AC64[t]) * z0 + sq(1 - AC64[t]) * e1
+  z0_hat = sq(AC64[t]) * z_t - sq(1 - AC64[t]) * 0.5 * z_t
+  z0_hat = z0_hat * (1 - keep) + z0k * keep
+  a_p = AC64[t - 20]
+  np.testing.assert_allclose(calls[1][0], sq(a_p) * z0_hat + sq(1 - a_p) * e2, atol=1e-5)
+  at_t = sq(AC64[t]) * z0_hat + sq(1 - AC64[t]) * e2
+  assert np.max(np.abs(calls[1][0] - at_t)) > 1e-3  # the old 'same' (ā_t) is distinguishable
 
 
 def test_stop_grad_changes_gradient():
@@ -212,3 +243,20 @@ def test_two_step_loss_compiles_once():
     jax.block_until_ready(step(z(ks[0]), z(ks[1]), keep, t, z(ks[2]), z(ks[3])))
   assert len(traces) == 2  # one trace, two v_fn calls in it
   assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("second_t", ["prev", "same"])
+def test_train_step_timesteps_leave_room_for_the_stride(second_t):
+  """The step's random inputs draw t ≥ stride + min_t for BOTH options (each re-noises at
+  t − stride), so t' never goes below min_t; the standard loss uses every t."""
+  from configs import two_step, standard  # pylint: disable=import-outside-toplevel
+  from seamless_jax.train import steps  # pylint: disable=import-outside-toplevel
+  c = two_step.get_config("tiny")
+  c.two_step.second_t, c.two_step.stride, c.two_step.min_t = second_t, 20, 3
+  rand = steps.make_random_inputs(c, jax.random.PRNGKey(0), 20000, (2, 2, 4))
+  assert int(rand["t"].min()) == 23 and int(rand["t"].max()) == 999
+  assert rand["noise2"].shape == (20000, 2, 2, 4)
+  t_std = steps.make_random_inputs(standard.get_config("tiny"), jax.random.PRNGKey(0), 20000,
+                                   (2, 2, 4))["t"]
+  assert int(t_std.min()) == 0 and "noise2" not in steps.make_random_inputs(
+      standard.get_config("tiny"), jax.random.PRNGKey(0), 2, (2, 2, 4))

@@ -14,13 +14,14 @@ Timestep sampling and the ε2* guard (two-step loss)
 With ``t' = t − stride`` the second-step noise target is
 ``ε2* = (ẑ_t' − √ā_t' z0)/√(1−ā_t') = ε2 + (√ā_t'/σ_t')·(ẑ0 − z0)``, σ_t' = √(1−ā_t').
 * In the hole ``ẑ0 − z0 = √(1−ā_t)(v1 − vθ)``: the first-step error times
-  ``√ā_t'·σ_t/σ_t'`` — at most ≈4.5 for SD-1.5 and stride 20 (at t' = 0), ``√ā_t`` for 'same'.
+  ``√ā_t'·σ_t/σ_t'`` — at most ≈4.5 for SD-1.5 and stride 20 (at t' = 0).
 * In the kept cells ``ẑ0 − z0 = z0_known − z0`` (E(x·keep) vs E(x), non-zero near the mask
   border): this term is independent of the model and grows like ``√ā_t'/σ_t'`` — the
   blow-up. For SD-1.5 that factor is 34 at t' = 0, 7.6 at t' = 20, 4.6 at t' = 50, ≤ 1 for
   t' ≥ ~470. It is finite for every t' ≥ 0 because SD's smallest σ is 0.029.
 Guard (what is done):
-  1. :func:`sample_timesteps` draws ``t ~ U{stride + min_t, …, T−1}`` so ``t' ≥ min_t ≥ 0``;
+  1. :func:`sample_timesteps` draws ``t ~ U{stride + min_t, …, T−1}`` so ``t' ≥ min_t ≥ 0``
+     (for both ``second_t`` options: both re-noise at t');
      inside the loss ``t'`` is also clamped to ``max(t', min_t or 0)``, so no input indexes a
      negative timestep. Default ``min_t=0`` (every DDIM-reachable t' is trained, amplification
      ≤ 34); raise ``min_t`` in the config to cap it at √ā_min_t/σ_min_t.
@@ -65,8 +66,8 @@ def sample_timesteps(key, batch: int, *, stride: int = 20, min_t: int = 0,
                      num_train_timesteps: int = 1000):
   """Uniform int32 timesteps ``t ∈ {stride + min_t, …, T − 1}``, shape (batch,).
 
-  For the two-step loss with ``second_t='prev'`` this keeps ``t' = t − stride ≥ min_t``; use
-  ``stride=0`` for ``second_t='same'`` or for the standard loss.
+  For the two-step loss (either ``second_t``) this keeps ``t' = t − stride ≥ min_t``; use
+  ``stride=0`` for the standard loss.
   """
   lo = stride + min_t
   if lo >= num_train_timesteps:
@@ -105,12 +106,15 @@ def two_step_loss(v_fn: Callable, z0, z0_known, keep, t, noise1, noise2, alphas_
     weight: λ in ``L1 + λ·L2``.
     stop_grad: stop gradients through ẑ0 into the second step (False = unrolled variant, the
       gradient then also flows into the second input and the target v2).
-    second_t: 'prev' → t' = t − stride (consistent with DDIM inference); 'same' → t' = t
-      (the equation as printed in the paper).
+    second_t: the timestep the model is GIVEN in the second call. ẑ0 is always re-noised at
+      ``t' = t − stride`` (ā_t', Alg. 1 lines 7–9). 'prev' → ``vθ(ẑ_t', t')`` (consistent with
+      DDIM inference, where the model sees the timestep of its input's noise level); 'same' →
+      ``vθ(ẑ_t', t)``, Alg. 1 line 10 as printed (noise level t', timestep input t).
     min_t: lowest allowed t' (t' is clamped to ``max(t', min_t or 0)``).
   Returns:
     ``(loss, aux)`` with aux keys ``loss1``, ``loss2`` (scalars), ``loss1_per_sample``,
-    ``loss2_per_sample`` (B,), ``t_prev`` (B,), ``z0_hat`` (the blended ẑ0, (B, h, w, 4)).
+    ``loss2_per_sample`` (B,), ``t_prev`` (B,) the re-noising timestep t', ``t_model2`` (B,)
+    the timestep fed to the second model call, ``z0_hat`` (the blended ẑ0, (B, h, w, 4)).
   """
   if second_t not in ("prev", "same"):
     raise ValueError(f"second_t must be 'prev' or 'same', got {second_t!r}")
@@ -118,8 +122,8 @@ def two_step_loss(v_fn: Callable, z0, z0_known, keep, t, noise1, noise2, alphas_
   z0, z0_known, keep = _f32(z0), _f32(z0_known), _f32(keep)
   eps1, eps2 = _f32(noise1), _f32(noise2)
   t = jnp.asarray(t, jnp.int32)
-  t_prev = t - stride if second_t == "prev" else t
-  t_prev = jnp.maximum(t_prev, 0 if min_t is None else min_t)
+  t_prev = jnp.maximum(t - stride, 0 if min_t is None else min_t)  # noise level of step 2
+  t_model2 = t_prev if second_t == "prev" else t  # timestep input of the second model call
 
   # Step 1: standard v-prediction loss.
   sa1, so1 = (_bc(c) for c in sched.alpha_sigma(t, ac))
@@ -139,11 +143,12 @@ def two_step_loss(v_fn: Callable, z0, z0_known, keep, t, noise1, noise2, alphas_
   z_tp = sa2 * z0_hat + so2 * eps2
   eps2_star = eps2 + sa2 * (z0_hat - z0) / so2  # == (z_tp − √ā' z0)/σ', no cancellation
   v2 = sa2 * eps2_star - so2 * z0
-  loss2_ps = _per_sample_mse(v_fn(z_tp, t_prev), v2)
+  loss2_ps = _per_sample_mse(v_fn(z_tp, t_model2), v2)
 
   loss1, loss2 = jnp.mean(loss1_ps), jnp.mean(loss2_ps)
   aux = {"loss1": loss1, "loss2": loss2, "loss1_per_sample": loss1_ps,
-         "loss2_per_sample": loss2_ps, "t_prev": t_prev, "z0_hat": z0_hat}
+         "loss2_per_sample": loss2_ps, "t_prev": t_prev, "t_model2": t_model2,
+         "z0_hat": z0_hat}
   return loss1 + weight * loss2, aux
 
 

@@ -188,7 +188,8 @@ def make_random_inputs(config, key, batch_size: int, latent_hw_c) -> dict:
     return {}
   k_t, k1, k2 = jax.random.split(key, 3)
   ts = config.two_step
-  stride = int(ts.stride) if config.mode == "two_step" and ts.second_t == "prev" else 0
+  # Both second_t options re-noise at t' = t − stride, so t starts at stride + min_t.
+  stride = int(ts.stride) if config.mode == "two_step" else 0
   min_t = int(ts.min_t) if config.mode == "two_step" else 0
   t = losses.sample_timesteps(k_t, batch_size, stride=stride, min_t=min_t,
                               num_train_timesteps=int(config.schedule.num_train_timesteps))
