@@ -286,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       t_pause = time.perf_counter()
       if sampler is not None and (step % int(config.sample_every) == 0 or step == total):
-        sampler(state.params, trainer.frozen, step)
+        sampler(state.ema_params, trainer.frozen, step)  # EMA weights, as eval and export
       if int(config.checkpoint_every) and step % int(config.checkpoint_every) == 0:
         if pending is not None:  # know this step's outcome before saving it
           history.append(_check_finite(jax.device_get(pending), config, checkpointer))

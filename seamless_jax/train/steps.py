@@ -245,7 +245,9 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state_lib.ema_update(state.ema_params, params, ema_decay)
+    # EMA warm-up counts applied updates only (this one included): step − skipped + 1.
+    ema = state_lib.ema_update(state.ema_params, params, ema_decay,
+                               state.step - state.skipped + 1)
     keep_old = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
