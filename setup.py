@@ -29,10 +29,13 @@ EXTRAS_REQUIRE = {
         "nbformat",
         "ipykernel",
         "pytest",
+        "pytorch-fid",
         "torch",
         "torchvision",
         "transformers",
     ],
+    # FID (pytorch-fid's TF-Inception) and Aesthetic Score (transformers CLIP): seamless_jax.eval.
+    "eval": ["pytorch-fid", "torch", "torchvision", "transformers"],
     "gpu": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
 }
