@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- models
   c.model = "sd15"               # 'sd15' (pretrained folder) | 'tiny' (random tiny models)
   c.pretrained = ""              # SD-1.5 diffusers folder (unet/ vae/ text_encoder/ tokenizer/)
+  c.vae_pretrained = ""          # VAE replacing pretrained's: a VAE/SD folder or a vae_finetune
+                                 # workdir (the Eq. 6 decoder: two-step samples/evals decode with it)
   c.dtype = "bfloat16"           # compute dtype: 'bfloat16' | 'float32' (params stay float32)
   c.remat = False                # rematerialise UNet/VAE blocks (memory for compute)
   c.attention = ""               # '' (XLA chooses) | 'xla' | 'cudnn'

@@ -369,6 +369,7 @@ class Pipeline:
   text_encoder_params: Any
   tokenizer: Any
   scheduler_config: dict
+  info: dict = dataclasses.field(default_factory=dict)  # where it came from (seamless_jax.loading)
 
 
 def load_pipeline(folder: str, *, variant: str | None = None, **runtime) -> Pipeline:

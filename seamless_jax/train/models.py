@@ -63,11 +63,26 @@ def tiny_text_config(vocab_size: int | None = None) -> dict:
   return cfg
 
 
-def build_models(config, vocab_size: int | None = None) -> Models:
+def build_models(config, vocab_size: int | None = None, *,
+                 with_unet_params: bool = True) -> Models:
   """Modules (+ pretrained params when ``config.model == 'sd15'``) for ``config.mode``.
 
   ``vocab_size``: the tokenizer's, to size the tiny text encoder's embedding table.
+  ``with_unet_params=False`` skips reading the pretrained UNet (a caller that restores it).
+  ``config.vae_pretrained`` (a VAE folder or a ``vae_finetune`` workdir) replaces the VAE.
   """
+  models = _build_base_models(config, vocab_size, with_unet_params)
+  if config.get("vae_pretrained"):
+    from seamless_jax import loading  # pylint: disable=import-outside-toplevel
+    vae, vae_params = loading.load_vae(config.vae_pretrained, dtype=config.dtype,
+                                       attention=config.attention or None)
+    vae = vae.clone(remat=config.remat)
+    models = dataclasses.replace(models, vae=vae, vae_params=_to_host(vae_params),
+                                 scaling_factor=_scaling_factor(vae))
+  return models
+
+
+def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
   rt = runtime_options(config)
   need_unet = config.mode != "vae_finetune"
   if config.model == "tiny":
@@ -83,9 +98,13 @@ def build_models(config, vocab_size: int | None = None) -> Models:
                                                 remat=config.remat, **rt)
   unet = unet_params = None
   if need_unet:
-    unet, unet_params = convert.load_unet(_require_folder(config, "unet"), remat=config.remat,
-                                          **rt)
-    unet_params = _to_host(unet_params)
+    unet_folder = _require_folder(config, "unet")
+    if with_unet_params:
+      unet, unet_params = convert.load_unet(unet_folder, remat=config.remat, **rt)
+      unet_params = _to_host(unet_params)
+    else:
+      unet = UNet2DConditionModel.from_config(convert.read_config(unet_folder),
+                                              remat=config.remat, **rt)
   return Models(vae=vae, text=text, unet=unet, vae_params=_to_host(vae_params),
                 text_params=_to_host(text_params), unet_params=unet_params,
                 scaling_factor=_scaling_factor(vae))

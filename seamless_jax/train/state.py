@@ -158,7 +158,12 @@ def initial_params(config, models) -> tuple[Any, Any]:
   frozen VAE/text encoder (not checkpointed) is rebuilt bit-for-bit from ``config.seed``.
   """
   init_key, _ = init_keys(config)
-  return _random_params(config, models, init_key)
+  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
+  host = {k: v for k, v in host.items() if v is not None}
+
+  def init(key, pretrained):  # under jit, as in create_train_state (eager init rounds differently)
+    return _random_params(config, _with_params(models, pretrained), key)
+  return jax.jit(init)(init_key, host)
 
 
 def abstract_trainable_params(config, models):

@@ -1,0 +1,32 @@
+"""Session fixtures: tiny trained workdirs shared by the loading, inference and export tests.
+
+``tiny_workdirs`` trains once per test session (tiny random models, 32² demo photos, CPU):
+a ``vae_finetune`` run (Eq. 6 decoder) and a ``two_step`` run, each saving steps 1 and 2.
+"""
+
+import os
+
+import pytest
+
+from seamless_jax.train import loop
+import tiny as testing
+
+
+def _train(mode: str, data_dir: str, workdir: str) -> str:
+  config = testing.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1)
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+  return testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="session")
+def tiny_workdirs(tiny_data, tmp_path_factory):
+  """``{'data', 'vae_finetune', 'two_step'}``: folders of two tiny 2-step training runs."""
+  root = tmp_path_factory.mktemp("workdirs")
+  return {"data": tiny_data,
+          "vae_finetune": _train("vae_finetune", tiny_data, os.path.join(root, "vae")),
+          "two_step": _train("two_step", tiny_data, os.path.join(root, "two_step"))}
