@@ -1,0 +1,500 @@
+"""BrushBench runner: the paper's inpaint/outpaint evaluation (Sec. 4, Tables 1–2).
+
+    # our model (a training workdir or diffusers folder; --vae = the Eq. 6 VAE-finetune workdir)
+    python -m seamless_jax.eval.brushbench --bench data/BrushBench --out runs/bb_ours \\
+        --model runs/two_step --vae runs/vae_finetune --name Ours \\
+        --inception pt_inception-2015-12-05-6726825d.pth \\
+        --clip clip-vit-large-patch14 --aesthetic-head sa_0_4_vit_l_14_linear.pth
+    # the plain SD-1.5 + BLD baseline: the same command with --model stable-diffusion-v1-5, no --vae
+    # another method's images: --images DIR (DIR/inpaint/<stem>.png, DIR/outpaint/<stem>.png)
+
+Benchmark layout (BrushNet's BrushBench): ``BENCH/mapping_file.json`` maps a key to
+``{"image": "images/<file>", "caption": ..., "inpainting_mask": RLE, "outpainting_mask": RLE}``,
+the image path relative to ``BENCH``. RLE (BrushNet's ``rle2mask``): a flat list of
+``start, length`` pairs, starts 1-based, over the row-major flattened (H, W) mask; 1 = generate.
+
+Masks. Outpaint: ``outpainting_mask`` as given. Inpaint (paper Sec. 4): the segmentation mask is
+replaced by its convex hull (``skimage.morphology.convex_hull_image`` of all mask pixels),
+"slightly expanded": dilated by ``--hull-dilation`` pixels (square element; the paper gives no
+number, default 10 px on BrushBench's 512² images). The masks used are written to
+``OUT/masks/<task>/<stem>.png`` (white = generate) so other methods can be run on exactly them.
+
+Outputs in ``OUT``: generated images ``<task>/<stem>.png`` (resumable: existing files are
+skipped), ``per_image.csv`` (CD, excess CD, kept-region PSNR, aesthetic score per image and
+task), ``results.csv`` and ``results.md`` (the paper's table: FID / AS / CD per task, plus
+excess CD and kept-region PSNR), ``contact_sheet.png``.
+
+Metrics: CD, excess CD, PSNR from :mod:`seamless_jax.eval.metrics` with ``keep`` = not
+generated; FID (:mod:`seamless_jax.eval.fid`) between a task's outputs and the benchmark's
+source images; AS (:mod:`seamless_jax.eval.aesthetic`) mean over the outputs. FID and AS need
+their weight files and are left empty without them. An output whose size differs from its
+source image is resized to it (bicubic) before scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from seamless_jax.eval import metrics
+
+TASKS = ("inpaint", "outpaint")
+MASK_KEYS = {"inpaint": "inpainting_mask", "outpaint": "outpainting_mask"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+# The paper's Tables 1 and 2 (BrushBench, 512²), for the reference rows of results.md.
+PAPER_ROWS = (
+    ("paper: Ours", "inpaint", 15.434, 5.991, 8.538),
+    ("paper: BLD", "inpaint", 18.466, 5.367, 15.735),
+    ("paper: Ours", "outpaint", 19.530, 6.131, 10.249),
+)
+
+
+# ============================================================================ benchmark I/O
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One BrushBench item: ``image_path`` absolute; ``rle`` maps a task to its RLE list."""
+  key: str
+  image_path: str
+  caption: str
+  rle: dict
+
+  @property
+  def stem(self) -> str:
+    """File stem shared by the source image, the generated images and the mask files."""
+    return os.path.splitext(os.path.basename(self.image_path))[0]
+
+
+def rle_to_mask(rle: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+  """BrushBench RLE → bool (H, W) mask (True = generate). Raises ``ValueError`` if it overflows."""
+  values = np.asarray(rle, dtype=np.int64)
+  if values.ndim != 1 or values.size % 2:
+    raise ValueError(f"RLE must be a flat list of (start, length) pairs, got {values.size} values")
+  starts, lengths = values[0::2] - 1, values[1::2]
+  flat = np.zeros(shape[0] * shape[1], dtype=bool)
+  if values.size and (starts.min() < 0 or (starts + lengths).max() > flat.size):
+    raise ValueError(f"RLE runs fall outside a {shape[0]}x{shape[1]} mask")
+  for start, length in zip(starts, lengths):
+    flat[start:start + length] = True
+  return flat.reshape(shape)
+
+
+def mask_to_rle(mask: np.ndarray) -> list[int]:
+  """bool (H, W) mask → BrushBench RLE (1-based starts, row-major), the inverse of :func:`rle_to_mask`."""
+  flat = np.concatenate([[0], np.asarray(mask, bool).reshape(-1).astype(np.int8), [0]])
+  edges = np.flatnonzero(np.diff(flat))
+  starts, ends = edges[0::2], edges[1::2]
+  return np.stack([starts + 1, ends - starts], axis=1).reshape(-1).tolist()
+
+
+def hull_dilated(mask: np.ndarray, dilation_px: int) -> np.ndarray:
+  """The paper's inpaint mask: convex hull of ``mask`` (bool (H, W)), dilated by ``dilation_px``."""
+  from skimage.morphology import convex_hull_image, dilation
+  if not mask.any():
+    return mask.copy()
+  hull = convex_hull_image(mask)
+  if dilation_px <= 0:
+    return hull
+  element = np.ones((2 * dilation_px + 1, 2 * dilation_px + 1), bool)
+  return dilation(hull, element)
+
+
+def load_benchmark(bench_dir: str, limit: int | None = None) -> list[Entry]:
+  """Entries of ``bench_dir/mapping_file.json`` in file order (first ``limit`` if given)."""
+  mapping_path = os.path.join(bench_dir, "mapping_file.json")
+  if not os.path.isfile(mapping_path):
+    raise FileNotFoundError(f"{mapping_path} not found: --bench must be a BrushBench folder "
+                            "(images/ + mapping_file.json)")
+  with open(mapping_path) as f:
+    mapping = json.load(f)
+  entries = []
+  for key, item in mapping.items():
+    missing = [k for k in ("image", *MASK_KEYS.values()) if k not in item]
+    if missing:
+      raise ValueError(f"{mapping_path}: entry {key!r} lacks {missing}")
+    image_path = os.path.join(bench_dir, item["image"])
+    entries.append(Entry(key=str(key), image_path=image_path, caption=item.get("caption", ""),
+                         rle={task: item[name] for task, name in MASK_KEYS.items()}))
+  stems = [e.stem for e in entries]
+  if len(set(stems)) != len(stems):
+    raise ValueError(f"{mapping_path}: image file names are not unique")
+  return entries[:limit] if limit else entries
+
+
+def load_rgb(path: str) -> np.ndarray:
+  """uint8 (H, W, 3) RGB of an image file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image not found: {path}")
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def generate_mask(entry: Entry, task: str, shape: tuple[int, int], dilation_px: int) -> np.ndarray:
+  """bool (H, W), True = generate: the paper's mask of ``entry`` for ``task``."""
+  try:
+    mask = rle_to_mask(entry.rle[task], shape)
+  except ValueError as err:
+    raise ValueError(f"entry {entry.key!r} {MASK_KEYS[task]}: {err}") from None
+  return hull_dilated(mask, dilation_px) if task == "inpaint" else mask
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def find_output(images_dir: str, task: str, entry: Entry) -> str | None:
+  """``images_dir/<task>/<stem>.<ext>``, else ``images_dir/<task>/<key>.<ext>``; None if absent."""
+  for name in (entry.stem, entry.key):
+    for ext in IMAGE_EXTENSIONS:
+      path = os.path.join(images_dir, task, name + ext)
+      if os.path.isfile(path):
+        return path
+  return None
+
+
+def prepare_masks(entries: Sequence[Entry], tasks: Sequence[str], out: str,
+                  dilation_px: int) -> None:
+  """Writes ``out/masks/<task>/<stem>.png`` (white = generate) for every entry and task."""
+  for entry in entries:
+    shape = None
+    for task in tasks:
+      path = os.path.join(out, "masks", task, entry.stem + ".png")
+      if os.path.isfile(path):
+        continue
+      shape = shape or load_rgb(entry.image_path).shape[:2]
+      save_png(generate_mask(entry, task, shape, dilation_px).astype(np.uint8) * 255, path)
+
+
+def load_mask(out: str, task: str, entry: Entry) -> np.ndarray:
+  """bool (H, W) generate-mask written by :func:`prepare_masks`."""
+  with Image.open(os.path.join(out, "masks", task, entry.stem + ".png")) as image:
+    return np.asarray(image.convert("L")) > 127
+
+
+# ============================================================================ generation
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def generate(pipe, entries: Sequence[Entry], tasks: Sequence[str], out: str, *,
+             prompt: str | None, negative_prompt: str, steps: int, guidance: float, seed: int,
+             batch_size: int, paste_back: bool) -> int:
+  """Runs ``pipe.batch`` on every entry without an output yet; returns how many it generated.
+
+  ``pipe`` follows :class:`seamless_jax.inpaint.Inpainter` (``batch(images, masks, prompts,
+  ...)``, masks uint8 white = generate). ``prompt=None`` uses each entry's caption. Batches hold
+  same-size images; a batch's seed is ``seed`` + the index of its first entry in the benchmark,
+  so a resumed run reproduces the images of batches that were not started.
+  """
+  index_of = {entry.key: i for i, entry in enumerate(entries)}
+  made = 0
+  for task in tasks:
+    pending = [e for e in entries if find_output(out, task, e) is None]
+    if not pending:
+      print(f"[{task}] all {len(entries)} images exist, nothing to generate")
+      continue
+    by_size: dict[tuple[int, int], list[Entry]] = {}
+    for entry in pending:
+      with Image.open(entry.image_path) as image:  # reads the header only
+        by_size.setdefault(image.size, []).append(entry)
+    for group in by_size.values():
+      for batch in _chunks(group, batch_size):
+        start = time.perf_counter()
+        images = [load_rgb(e.image_path) for e in batch]
+        masks = [load_mask(out, task, e).astype(np.uint8) * 255 for e in batch]
+        prompts = [prompt if prompt is not None else e.caption for e in batch]
+        outputs = pipe.batch(images, masks, prompts,
+                             negative_prompt=negative_prompt, num_inference_steps=steps,
+                             guidance_scale=guidance, seed=seed + index_of[batch[0].key],
+                             paste_back=paste_back)
+        if len(outputs) != len(batch):
+          raise RuntimeError(f"pipe.batch returned {len(outputs)} images for {len(batch)} inputs")
+        for entry, output in zip(batch, outputs):
+          save_png(np.asarray(output, np.uint8), os.path.join(out, task, entry.stem + ".png"))
+        made += len(batch)
+        seconds = (time.perf_counter() - start) / len(batch)
+        print(f"[{task}] {made} new images, {seconds:.2f} s/image")
+  return made
+
+
+# ============================================================================ scoring
+
+def _aligned_output(path: str, shape: tuple[int, int]) -> np.ndarray:
+  output = load_rgb(path)
+  if output.shape[:2] != shape:
+    output = np.asarray(Image.fromarray(output).resize((shape[1], shape[0]), Image.BICUBIC))
+  return output
+
+
+def score_task(entries: Sequence[Entry], task: str, images_dir: str, out: str, *,
+               lpips_fn=None) -> tuple[list[dict], list[np.ndarray], list[np.ndarray]]:
+  """Per-image CD / excess CD / kept PSNR (+ masked LPIPS) of ``task``'s outputs.
+
+  Returns (rows, outputs, sources) for the entries that have an output; missing outputs are
+  reported and left out.
+  """
+  rows, outputs, sources = [], [], []
+  missing = []
+  for entry in entries:
+    path = find_output(images_dir, task, entry)
+    if path is None:
+      missing.append(entry.stem)
+      continue
+    source = load_rgb(entry.image_path)
+    output = _aligned_output(path, source.shape[:2])
+    keep = ~load_mask(out, task, entry)
+    row = {"task": task, "key": entry.key, "image": entry.stem}
+    try:
+      row["cd"] = metrics.color_distance(output, keep)
+      row["excess_cd"] = row["cd"] - metrics.color_distance(source, keep)
+    except ValueError:  # empty or full mask: no border
+      row["cd"] = row["excess_cd"] = float("nan")
+    row["psnr_kept"] = (metrics.masked_psnr(output, source, keep) if keep.any()
+                        else float("nan"))
+    if lpips_fn is not None and keep.any():
+      row["lpips_kept"] = float(metrics.masked_lpips(output[None], source[None], keep[None],
+                                                     lpips_fn)[0])
+    rows.append(row)
+    outputs.append(output)
+    sources.append(source)
+  if missing:
+    shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    print(f"[{task}] {len(missing)} of {len(entries)} outputs missing in "
+          f"{os.path.join(images_dir, task)}: {shown}")
+  return rows, outputs, sources
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+  values = np.asarray([v for v in values], np.float64)
+  values = values[np.isfinite(values)]
+  return float(values.mean()) if values.size else float("nan")
+
+
+def summarize(name: str, task: str, rows: list[dict], *, fid_value=None,
+              aesthetic_scores=None) -> dict:
+  """One table row: means over images (NaN/inf left out) + FID + mean AS."""
+  summary = {"method": name, "task": task, "n": len(rows),
+             "fid": np.nan if fid_value is None else fid_value,
+             "as": np.nan if aesthetic_scores is None else float(np.mean(aesthetic_scores)),
+             "cd": _finite_mean(r["cd"] for r in rows),
+             "excess_cd": _finite_mean(r["excess_cd"] for r in rows),
+             "psnr_kept": _finite_mean(r["psnr_kept"] for r in rows)}
+  if rows and "lpips_kept" in rows[0]:
+    summary["lpips_kept"] = _finite_mean(r["lpips_kept"] for r in rows)
+  return summary
+
+
+def _fmt(value) -> str:
+  if isinstance(value, str):
+    return value
+  if value is None or (isinstance(value, float) and np.isnan(value)):
+    return "—"
+  if isinstance(value, (int, np.integer)):
+    return str(value)
+  return f"{value:.3f}"
+
+
+TABLE_COLUMNS = (("method", "Method"), ("task", "Task"), ("n", "N"), ("fid", "FID ↓"),
+                 ("as", "AS ↑"), ("cd", "CD ↓"), ("excess_cd", "excess CD ↓"),
+                 ("psnr_kept", "PSNR kept ↑"), ("lpips_kept", "LPIPS kept ↓"))
+
+
+def write_tables(summaries: list[dict], rows: list[dict], out: str, settings: dict) -> str:
+  """Writes results.csv, per_image.csv, results.md; returns the Markdown text."""
+  columns = [c for c in TABLE_COLUMNS if any(c[0] in s for s in summaries)]
+  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, [key for key, _ in columns])
+    writer.writeheader()
+    for summary in summaries:
+      writer.writerow({key: summary.get(key, "") for key, _ in columns})
+  per_image_fields = ["task", "key", "image", "cd", "excess_cd", "psnr_kept", "lpips_kept", "as"]
+  per_image_fields = [k for k in per_image_fields if any(k in r for r in rows)]
+  with open(os.path.join(out, "per_image.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, per_image_fields)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: row.get(k, "") for k in per_image_fields})
+  lines = ["# BrushBench results", "",
+           "| " + " | ".join(title for _, title in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+  for summary in summaries:
+    lines.append("| " + " | ".join(_fmt(summary.get(key, np.nan)) for key, _ in columns) + " |")
+  for method, task, fid_value, as_value, cd in PAPER_ROWS:
+    paper = {"method": method, "task": task, "n": 600, "fid": fid_value, "as": as_value,
+             "cd": cd}
+    lines.append("| " + " | ".join(_fmt(paper.get(key, np.nan)) for key, _ in columns) + " |")
+  lines += ["", "CD: mean RGB distance (0–255) over 4-neighbour pairs across the mask border; "
+            "excess CD = CD(output) − CD(source) on the same border; PSNR/LPIPS over kept pixels. "
+            "FID is biased at small N: compare only at the same N.", "",
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+  text = "\n".join(lines)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(text)
+  return text
+
+
+def _border(mask: np.ndarray) -> np.ndarray:
+  """Pixels of ``mask`` that have a 4-neighbour outside it."""
+  padded = np.pad(mask, 1, mode="edge")
+  inner = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  return mask & ~inner
+
+
+def contact_sheet(entries: Sequence[Entry], tasks: Sequence[str], images_dir: str, out: str,
+                  *, max_rows: int = 8, thumb: int = 128) -> str | None:
+  """``out/contact_sheet.png``: per row the source, then per task the masked input and the
+  output with the mask border in red. Returns the path (None if no output exists)."""
+  rows = []
+  for entry in entries:
+    if len(rows) == max_rows:
+      break
+    paths = {task: find_output(images_dir, task, entry) for task in tasks}
+    if not any(paths.values()):
+      continue
+    source = load_rgb(entry.image_path)
+    tiles = [source]
+    for task in tasks:
+      generate_region = load_mask(out, task, entry)
+      masked = source.copy()
+      masked[generate_region] = 127
+      output = (_aligned_output(paths[task], source.shape[:2]) if paths[task]
+                else np.zeros_like(source))
+      output = output.copy()
+      output[_border(generate_region)] = (255, 0, 0)
+      tiles += [masked, output]
+    rows.append(np.concatenate([_thumbnail(t, thumb) for t in tiles], axis=1))
+  if not rows:
+    return None
+  path = os.path.join(out, "contact_sheet.png")
+  save_png(np.concatenate(rows, axis=0), path)
+  return path
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+# ============================================================================ CLI
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m seamless_jax.eval.brushbench",
+      description="BrushBench inpaint/outpaint evaluation (FID / AS / CD), paper Tables 1-2.")
+  parser.add_argument("--bench", required=True, help="BrushBench folder (mapping_file.json)")
+  parser.add_argument("--out", required=True, help="output folder (images, masks, tables)")
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--model", help="diffusers SD-1.5 folder or training workdir: generate")
+  source.add_argument("--images", help="score another method's images: DIR/<task>/<stem>.png")
+  parser.add_argument("--vae", help="VAE folder or vae_finetune workdir (Eq. 6 decoder)")
+  parser.add_argument("--step", type=int, help="workdir checkpoint step (default: latest)")
+  parser.add_argument("--no-ema", action="store_true", help="workdir: raw params, not EMA")
+  parser.add_argument("--dtype", default="float32", help="compute dtype for generation")
+  parser.add_argument("--name", default=None, help="method name in the table")
+  parser.add_argument("--tasks", default="inpaint,outpaint", help="comma list of inpaint,outpaint")
+  parser.add_argument("--limit", type=int, help="first N benchmark entries only")
+  parser.add_argument("--hull-dilation", type=int, default=10,
+                      help="pixels the inpaint convex hull is dilated by (default 10)")
+  parser.add_argument("--prompt", default="scenery",
+                      help="prompt for every image (paper: 'scenery'); see --use-captions")
+  parser.add_argument("--use-captions", action="store_true", help="prompt = BrushBench caption")
+  parser.add_argument("--negative-prompt", default="")
+  parser.add_argument("--steps", type=int, default=50)
+  parser.add_argument("--guidance", type=float, default=3.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch-size", type=int, default=4)
+  parser.add_argument("--paste-back", action="store_true",
+                      help="paste the known pixels back (the Eq. 6 VAE makes this unneeded)")
+  parser.add_argument("--inception", help="pt_inception-2015-12-05-6726825d.pth (for FID)")
+  parser.add_argument("--clip", help="transformers CLIP ViT-L/14 folder (for AS)")
+  parser.add_argument("--aesthetic-head", help="sa_0_4_vit_l_14_linear.pth (for AS)")
+  parser.add_argument("--lpips", help="LPIPS safetensors from tools/convert_lpips.py (optional)")
+  parser.add_argument("--device", default="cpu", help="torch device for FID/AS (e.g. cuda)")
+  parser.add_argument("--sheet-rows", type=int, default=8, help="rows of contact_sheet.png")
+  args = parser.parse_args(argv)
+  args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  unknown = sorted(set(args.tasks) - set(TASKS))
+  if unknown or not args.tasks:
+    parser.error(f"--tasks must be a comma list of {TASKS}, got {unknown or 'nothing'}")
+  if bool(args.clip) != bool(args.aesthetic_head):
+    parser.error("--clip and --aesthetic-head go together (both are needed for AS)")
+  if (args.vae or args.step is not None or args.no_ema) and not args.model:
+    parser.error("--vae/--step/--no-ema need --model")
+  return args
+
+
+def _load_inpainter(args):
+  from seamless_jax import inpaint
+  return inpaint.Inpainter.load(args.model, vae=args.vae, step=args.step, ema=not args.no_ema,
+                                dtype=args.dtype)
+
+
+def main(argv=None) -> str:
+  """Runs the benchmark; returns the Markdown table (also written to ``OUT/results.md``)."""
+  args = parse_args(argv)
+  entries = load_benchmark(args.bench, args.limit)
+  os.makedirs(args.out, exist_ok=True)
+  prepare_masks(entries, args.tasks, args.out, args.hull_dilation)
+  name = args.name or os.path.basename(os.path.normpath(args.model or args.images or args.out))
+  if args.model:
+    generate(_load_inpainter(args), entries, args.tasks, args.out,
+             prompt=None if args.use_captions else args.prompt,
+             negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+             seed=args.seed, batch_size=args.batch_size, paste_back=args.paste_back)
+  images_dir = args.images or args.out
+
+  lpips_fn = metrics.load_masked_lpips(args.lpips) if args.lpips else None
+  inception = scorer = None
+  if args.inception:
+    from seamless_jax.eval import fid
+    inception = fid.load_inception(args.inception, args.device)
+  if args.clip:
+    from seamless_jax.eval import aesthetic
+    scorer = aesthetic.AestheticScorer(args.clip, args.aesthetic_head, args.device)
+
+  summaries, all_rows, source_features = [], [], None
+  for task in args.tasks:
+    rows, outputs, sources = score_task(entries, task, images_dir, args.out, lpips_fn=lpips_fn)
+    if not rows:
+      print(f"[{task}] no outputs to score")
+      continue
+    fid_value = aesthetic_scores = None
+    if inception is not None:
+      from seamless_jax.eval import fid
+      if source_features is None:  # FID reference: all benchmark source images
+        source_features = fid.inception_features(
+            inception, (load_rgb(e.image_path) for e in entries), device=args.device)
+      output_features = fid.inception_features(inception, outputs, device=args.device)
+      fid_value = fid.fid_from_features(output_features, source_features)
+    if scorer is not None:
+      aesthetic_scores = scorer(outputs)
+      for row, value in zip(rows, aesthetic_scores):
+        row["as"] = float(value)
+    summaries.append(summarize(name, task, rows, fid_value=fid_value,
+                               aesthetic_scores=aesthetic_scores))
+    all_rows += rows
+  settings = {"bench": args.bench, "images": images_dir, "entries": len(entries),
+              "hull_dilation": args.hull_dilation}
+  if args.model:
+    settings.update(model=args.model, vae=args.vae, step=args.step, ema=not args.no_ema,
+                    prompt="captions" if args.use_captions else repr(args.prompt),
+                    steps=args.steps, guidance=args.guidance, seed=args.seed,
+                    paste_back=args.paste_back)
+  text = write_tables(summaries, all_rows, args.out, settings)
+  contact_sheet(entries, args.tasks, images_dir, args.out, max_rows=args.sheet_rows)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()
