@@ -203,23 +203,57 @@ def adopt_weight(weight, step, threshold):
   return jnp.where(jnp.asarray(step) >= threshold, jnp.asarray(weight, jnp.float32), 0.0)
 
 
+def gan_active(step, disc_start: int, disc_factor: float):
+  """Bool scalar: the GAN terms count at this step (``step >= disc_start`` and a non-zero
+  ``disc_factor``); the predicate of the ``lax.cond`` that skips the discriminator work."""
+  if float(disc_factor) == 0.0:
+    return jnp.asarray(False)
+  return jnp.asarray(step) >= disc_start
+
+
+def reconstruction_nll(x, x_hat, *, lpips_fn, logvar, lpips_weight: float = 1.0) -> dict:
+  """LDM's reconstruction NLL with a learned scalar log-variance.
+
+  ``rec = |x − x̂| + lpips_weight·LPIPS(x, x̂)`` (LPIPS (B,) broadcast over pixels),
+  ``nll = Σ(rec/exp(logvar) + logvar)/B``. x, x̂ (B, H, W, 3) in [−1, 1].
+  Returns scalars ``nll_loss``, ``rec_loss`` (mean rec), ``l1_loss``, ``lpips_loss``.
+  """
+  x32, xh32 = _f32(x), _f32(x_hat)
+  batch = x.shape[0]
+  l1 = jnp.abs(x32 - xh32)
+  p = _f32(lpips_fn(x, x_hat)).reshape(batch, 1, 1, 1)
+  rec = l1 + lpips_weight * p
+  logvar = _f32(logvar)
+  nll = jnp.sum(rec / jnp.exp(logvar) + logvar) / batch
+  return {"nll_loss": nll, "rec_loss": jnp.mean(rec), "l1_loss": jnp.mean(l1),
+          "lpips_loss": jnp.mean(p)}
+
+
+def posterior_kl(post: dict):
+  """Mean of the two posteriors' KL (E(x) and E(x·keep), each summed over latent dims and
+  averaged over the batch); ``post`` is :func:`blend_reconstruct`'s aux dict."""
+  return 0.5 * (jnp.mean(kl_diag_gaussian(post["mean_full"], post["logvar_full"]))
+                + jnp.mean(kl_diag_gaussian(post["mean_masked"], post["logvar_masked"])))
+
+
+def adversarial_g_loss(disc_fn, x_hat):
+  """Generator's GAN term ``g = −mean D(x̂)``; ``disc_fn(x) -> logits`` (B, h', w', 1)."""
+  return -jnp.mean(_f32(disc_fn(x_hat)))
+
+
 def vae_blend_loss(encode_fn, decode_fn, x, keep, key, *, lpips_fn, logvar,
                    disc_fn=None, step=0, sample_posterior: bool = True,
                    lpips_weight: float = 1.0, kl_weight: float = 1e-6,
                    disc_factor: float = 1.0, disc_start: int = 0,
                    keep_method: str = "nearest"):
-  """Generator-side loss terms of the blend-aware VAE (Eq. 6 + LDM's LPIPSWithDiscriminator).
+  """Generator-side loss terms of the blend-aware VAE (Eq. 6 + LDM's LPIPSWithDiscriminator),
+  all computed in one plain forward pass (the reference form; training uses
+  :func:`generator_loss_and_grads`).
 
-  ``rec = |x − x̂| + lpips_weight·LPIPS(x, x̂)`` (LPIPS (B,) broadcast over pixels),
-  ``nll = Σ(rec/exp(logvar) + logvar)/B`` with the learned scalar ``logvar`` (init 0),
-  ``kl = mean of the two posteriors' KL`` (E(x) and E(x·keep), each summed over latent
-  dims and averaged over the batch), ``g = −mean D(x̂)`` (0 without ``disc_fn``).
-
-  The discriminator term needs LDM's adaptive weight ``‖∇_last nll‖/(‖∇_last g‖+1e-4)``,
-  i.e. gradients w.r.t. the decoder's last layer, which only the caller can take. So this
-  function returns the terms separately; combine them with :func:`vae_total_loss` and
-  :func:`adaptive_disc_weight`, or let :func:`generator_loss_and_grads` do all of it with
-  one forward and two VJPs.
+  ``nll`` from :func:`reconstruction_nll`, ``kl`` from :func:`posterior_kl`, ``g = −mean D(x̂)``
+  (0 without ``disc_fn``). Combine them with :func:`vae_total_loss` and
+  :func:`adaptive_disc_weight` (LDM's ``‖∇_last nll‖/(‖∇_last g‖+1e-4)``, gradients w.r.t. the
+  decoder's last layer, which only the caller can take).
 
   Args:
     lpips_fn: ``lpips_fn(x, y) -> (B,)`` perceptual distance, inputs in [−1, 1].
@@ -230,21 +264,15 @@ def vae_blend_loss(encode_fn, decode_fn, x, keep, key, *, lpips_fn, logvar,
     dict with scalars ``nll_loss``, ``rec_loss`` (mean rec, for logging), ``l1_loss``,
     ``lpips_loss``, ``kl_loss``, ``g_loss``, ``disc_factor`` and the image ``x_hat``.
   """
+  del kl_weight  # applied by vae_total_loss
   x_hat, post = blend_reconstruct(encode_fn, decode_fn, x, keep, key, sample_posterior,
                                   keep_method=keep_method, return_aux=True)
-  x32, xh32 = _f32(x), _f32(x_hat)
-  batch = x.shape[0]
-  l1 = jnp.abs(x32 - xh32)
-  p = _f32(lpips_fn(x, x_hat)).reshape(batch, 1, 1, 1)
-  rec = l1 + lpips_weight * p
-  logvar = _f32(logvar)
-  nll = jnp.sum(rec / jnp.exp(logvar) + logvar) / batch
-  kl = 0.5 * (jnp.mean(kl_diag_gaussian(post["mean_full"], post["logvar_full"]))
-              + jnp.mean(kl_diag_gaussian(post["mean_masked"], post["logvar_masked"])))
-  g_loss = jnp.zeros((), jnp.float32) if disc_fn is None else -jnp.mean(_f32(disc_fn(x_hat)))
-  return {"nll_loss": nll, "rec_loss": jnp.mean(rec), "l1_loss": jnp.mean(l1),
-          "lpips_loss": jnp.mean(p), "kl_loss": kl, "g_loss": g_loss,
-          "disc_factor": adopt_weight(disc_factor, step, disc_start), "x_hat": x_hat}
+  terms = reconstruction_nll(x, x_hat, lpips_fn=lpips_fn, logvar=logvar,
+                             lpips_weight=lpips_weight)
+  g_loss = (jnp.zeros((), jnp.float32) if disc_fn is None
+            else adversarial_g_loss(disc_fn, x_hat))
+  return dict(terms, kl_loss=posterior_kl(post), g_loss=g_loss,
+              disc_factor=adopt_weight(disc_factor, step, disc_start), x_hat=x_hat)
 
 
 def _global_norm(tree):
@@ -269,36 +297,58 @@ def vae_total_loss(terms, d_weight, *, kl_weight: float = 1e-6):
           + d_weight * terms["disc_factor"] * terms["g_loss"])
 
 
-def generator_loss_and_grads(terms_fn: Callable[[Any], dict], params, *,
-                             last_layer_fn: Callable[[Any], Any], kl_weight: float = 1e-6,
-                             disc_weight: float = 0.5):
-  """Total generator loss and its gradient, with LDM's adaptive discriminator weight.
+def generator_loss_and_grads(features_fn: Callable, rec_fn: Callable, adv_fn: Callable,
+                             params, last, *, gan_on, kl_weight: float = 1e-6,
+                             disc_weight: float = 0.5, disc_factor: float = 1.0):
+  """Generator loss ``nll + kl_weight·kl + d·disc_factor·g`` and its gradient, with LDM's
+  adaptive weight ``d`` from the last decoder layer's gradients, in ONE backward pass.
+
+  The decoder is split at its last layer ``x̂ = last_layer(h)``: the two loss heads (NLL and
+  GAN) are differentiated w.r.t. ``last`` and ``h`` only (cheap: the heads' own backward
+  passes), which gives ``∇_last nll`` and ``∇_last g`` for the adaptive weight; the cotangent
+  ``∂L/∂h = ∂nll/∂h + d·disc_factor·∂g/∂h`` then goes through the encoder/decoder body once.
+  ``lax.cond(gan_on, ...)``: while the GAN is off, the discriminator forward/backward and the
+  adaptive weight are not computed at all (``d = g = 0``).
 
   Args:
-    terms_fn: ``params -> vae_blend_loss(...)`` dict (closes over the batch, key, step).
-    last_layer_fn: picks the decoder's last-layer kernel out of a gradient pytree shaped like
-      ``params`` (e.g. ``lambda g: g['decoder']['conv_out']['kernel']``).
+    features_fn: ``params -> (h, kl)``: the input ``h`` of the decoder's last layer (the whole
+      Eq. 6 encode/blend/decode except that layer) and the posterior KL scalar.
+    rec_fn: ``(last, h, params) -> (nll, aux)``: ``x̂ = last_layer(h)`` and its reconstruction
+      NLL (:func:`reconstruction_nll`); ``aux`` is a dict that must hold ``x_hat``.
+    adv_fn: ``(last, h, params) -> g``: the GAN term ``−mean D(last_layer(h))``.
+    params: the generator params (the last layer's bias, the log-variance, ...); ``last`` is
+      given separately, whatever slot it has in ``params`` gets a zero gradient here.
+    last: the weights whose gradient norms define the adaptive weight (LDM:
+      ``decoder.conv_out.weight``, the last layer's kernel).
+    gan_on: bool scalar (may be traced), e.g. :func:`gan_active`.
   Returns:
-    ``(loss, grads, terms)``; ``terms`` gains ``d_weight`` and ``loss``. One forward pass and
-    two VJPs (∇(nll + kl·w) and ∇g); since d_weight is a stopped scalar the total gradient is
-    their linear combination. KL does not reach the decoder, so the last-layer slice of the
-    first VJP is ∇_last nll, as in LDM.
+    ``(loss, (grads_params, grads_last), terms)``; ``terms`` = ``aux`` of ``rec_fn`` plus
+    ``kl_loss``, ``g_loss``, ``d_weight``, ``disc_factor`` (0 while the GAN is off), ``loss``.
   """
-  def scalars(p):
-    terms = terms_fn(p)
-    return (terms["nll_loss"] + kl_weight * terms["kl_loss"], terms["g_loss"]), terms
+  (h, kl), body_vjp = jax.vjp(features_fn, params)
+  nll, rec_vjp, aux = jax.vjp(rec_fn, last, h, params, has_aux=True)
+  d_last_nll, d_h_nll, d_params_nll = rec_vjp(jnp.ones_like(nll))
+  zero = jnp.zeros((), jnp.float32)
 
-  (rest, g_loss), vjp_fn, terms = jax.vjp(scalars, params, has_aux=True)
-  one, zero = jnp.ones_like(rest), jnp.zeros_like(rest)
-  (grad_rest,) = vjp_fn((one, zero))
-  (grad_g,) = vjp_fn((zero, one))
-  d_weight = adaptive_disc_weight(last_layer_fn(grad_rest), last_layer_fn(grad_g), disc_weight)
-  d_weight = jnp.where(terms["disc_factor"] > 0, d_weight, 0.0)
-  scale = d_weight * terms["disc_factor"]
-  grads = jax.tree_util.tree_map(lambda a, b: a + scale * b, grad_rest, grad_g)
-  loss = rest + scale * g_loss
-  terms = dict(terms, d_weight=d_weight, loss=loss)
-  return loss, grads, terms
+  def with_gan(_):
+    g, adv_vjp = jax.vjp(adv_fn, last, h, params)
+    d_last_g, d_h_g, d_params_g = adv_vjp(jnp.ones_like(g))
+    d_weight = adaptive_disc_weight(d_last_nll, d_last_g, disc_weight)
+    scale = (d_weight * disc_factor).astype(jnp.float32)
+    add = lambda a, b: a + (scale * b).astype(a.dtype)
+    return (_f32(g), d_weight, jnp.float32(disc_factor), jax.tree.map(add, d_last_nll, d_last_g),
+            add(d_h_nll, d_h_g), jax.tree.map(add, d_params_nll, d_params_g))
+
+  def without_gan(_):
+    return zero, zero, zero, d_last_nll, d_h_nll, d_params_nll
+
+  g, d_weight, factor, d_last, d_h, d_params_heads = jax.lax.cond(
+      gan_on, with_gan, without_gan, None)
+  (d_params_body,) = body_vjp((d_h, jnp.full_like(kl, kl_weight)))
+  grads = jax.tree.map(jnp.add, d_params_body, d_params_heads)
+  loss = nll + kl_weight * kl + d_weight * factor * g
+  terms = dict(aux, kl_loss=kl, g_loss=g, d_weight=d_weight, disc_factor=factor, loss=loss)
+  return loss, (grads, d_last), terms
 
 
 def hinge_d_loss(logits_real, logits_fake):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -30,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import losses
+from seamless_jax.models import layers
 from seamless_jax.train import sharding as shd
 from seamless_jax.train import state as state_lib
 
@@ -95,46 +97,96 @@ def make_diffusion_grads(config, models, alphas_cumprod) -> Callable:
   return grads
 
 
+_LAST_LAYER = ("decoder", "conv_out")  # LDM's ``last_layer``: decoder.conv_out
+
+
+def _stop_at_decoder_last_layer(next_fun, args, kwargs, context):
+  """Flax method interceptor: the decoder's ``conv_out`` returns its input instead, so
+  ``vae.decode`` yields the last layer's input ``h`` (B, H, W, C_h)."""
+  if context.method_name == "__call__" and tuple(context.module.path[-2:]) == _LAST_LAYER:
+    return args[0]
+  return next_fun(*args, **kwargs)
+
+
+def decoder_last_layer_input(vae, vae_params, z):
+  """``h`` with ``vae.decode(z) == decoder_last_layer(vae, conv_out_params, h)``."""
+  with nn.intercept_methods(_stop_at_decoder_last_layer):
+    return vae.apply({"params": vae_params}, z, method=vae.decode)
+
+
+def decoder_last_layer(vae, conv_out_params, h):
+  """The decoder's last layer (``conv3x3`` to ``out_channels``, as ``Decoder.head`` builds it)."""
+  return layers.conv3x3(vae.out_channels, vae.dtype, "conv_out").apply(
+      {"params": conv_out_params}, h)
+
+
 def make_vae_grads(config, models, lpips_fn_factory: Callable) -> Callable:
   """``grads(params, frozen, batch, rand, key, step) -> (grads, metrics)`` for vae_finetune.
 
-  Generator: Eq. 6 reconstruction with LDM's loss and adaptive GAN weight
-  (``losses.generator_loss_and_grads``); discriminator: hinge loss on ``x`` vs ``sg(x̂)``.
+  Generator: Eq. 6 reconstruction with LDM's loss and adaptive GAN weight, the decoder split at
+  its last layer (``losses.generator_loss_and_grads``: one backward pass through the VAE, the
+  weight from ∇ of ``decoder.conv_out.kernel`` only); discriminator: hinge loss on ``x`` vs
+  ``sg(x̂)``. Before ``vae.disc_start`` (or with ``vae.disc_factor=0``) a ``lax.cond`` skips
+  all discriminator and adaptive-weight work: g_loss, d_weight, d_loss are 0 and the
+  discriminator's gradient is zero.
   """
   vc = config.vae
   vae = models.vae
   disc = state_lib.make_discriminator(config)
+  disc_factor, disc_start = float(vc.disc_factor), int(vc.disc_start)
 
   def grads(params, frozen, batch, rand, key, step):
     del rand
     x, keep = batch["image"], batch["keep"]
+    if not vc.get("blend", True):  # plain reconstruction: Eq. 6 with keep = 1 is D(E(x))
+      keep = jnp.ones_like(keep)
     lpips_fn = lpips_fn_factory(frozen)
     disc_params = jax.lax.stop_gradient(params["disc"])
+    gan_on = losses.gan_active(step, disc_start, disc_factor)
 
-    def terms_fn(p):
+    def features_fn(p):
       full = {**frozen["vae"], **p["vae"]}
       encode = lambda img: vae.apply({"params": full}, img, method=vae.encode)
-      decode = lambda z: vae.apply({"params": full}, z, method=vae.decode)
-      disc_fn = lambda img: disc.apply({"params": disc_params}, img)
-      return losses.vae_blend_loss(
-          encode, decode, x, keep, key, lpips_fn=lpips_fn, logvar=p["logvar"], disc_fn=disc_fn,
-          step=step, sample_posterior=bool(vc.sample_posterior),
-          lpips_weight=float(vc.lpips_weight), kl_weight=float(vc.kl_weight),
-          disc_factor=float(vc.disc_factor), disc_start=int(vc.disc_start),
-          keep_method=config.two_step.keep_method)
+      h, post = losses.blend_reconstruct(
+          encode, lambda z: decoder_last_layer_input(vae, full, z), x, keep, key,
+          bool(vc.sample_posterior), keep_method=config.two_step.keep_method, return_aux=True)
+      return h, losses.posterior_kl(post)
+
+    def x_hat_of(kernel, h, p):
+      bias = p["vae"]["decoder"]["conv_out"]["bias"]
+      return decoder_last_layer(vae, {"kernel": kernel, "bias": bias}, h)
+
+    def rec_fn(kernel, h, p):
+      x_hat = x_hat_of(kernel, h, p)
+      terms = losses.reconstruction_nll(x, x_hat, lpips_fn=lpips_fn, logvar=p["logvar"],
+                                        lpips_weight=float(vc.lpips_weight))
+      return terms["nll_loss"], dict(terms, x_hat=x_hat)
+
+    def adv_fn(kernel, h, p):
+      return losses.adversarial_g_loss(lambda img: disc.apply({"params": disc_params}, img),
+                                       x_hat_of(kernel, h, p))
 
     gen_params = {"vae": params["vae"], "logvar": params["logvar"]}
-    loss, gen_grads, terms = losses.generator_loss_and_grads(
-        terms_fn, gen_params, last_layer_fn=lambda g: g["vae"]["decoder"]["conv_out"]["kernel"],
-        kl_weight=float(vc.kl_weight), disc_weight=float(vc.disc_weight))
+    kernel = gen_params["vae"]["decoder"]["conv_out"]["kernel"]
+    loss, (gen_grads, kernel_grad), terms = losses.generator_loss_and_grads(
+        features_fn, rec_fn, adv_fn, gen_params, kernel, gan_on=gan_on,
+        kl_weight=float(vc.kl_weight), disc_weight=float(vc.disc_weight),
+        disc_factor=disc_factor)
+    kernel_path = ("vae",) + _LAST_LAYER + ("kernel",)
+    gen_grads = jax.tree_util.tree_map_with_path(
+        lambda path, g: kernel_grad if tuple(k.key for k in path) == kernel_path else g,
+        gen_grads)
     x_hat = jax.lax.stop_gradient(terms["x_hat"])
 
     def d_loss_fn(dp):
       return losses.discriminator_loss(lambda img: disc.apply({"params": dp}, img), x, x_hat,
-                                       step=step, disc_factor=float(vc.disc_factor),
-                                       disc_start=int(vc.disc_start))
+                                       step=step, disc_factor=disc_factor,
+                                       disc_start=disc_start)[0]
 
-    (d_loss, _), disc_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(params["disc"])
+    d_loss, disc_grads = jax.lax.cond(
+        gan_on, lambda dp: jax.value_and_grad(d_loss_fn)(dp),
+        lambda dp: (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, dp)),
+        params["disc"])
     g = {"vae": gen_grads["vae"], "logvar": gen_grads["logvar"], "disc": disc_grads}
     metrics = {"loss": loss, "loss1": terms["rec_loss"], "loss2": d_loss,
                "l1": terms["l1_loss"], "lpips": terms["lpips_loss"], "kl": terms["kl_loss"],
