@@ -22,6 +22,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
   if arg == "sd15":
     c.model = "sd15"
     c.data.resolution = 512
+    c.data.min_side = 512  # the paper's LAION-Aesthetics filter: images of at least 512x512
     return c
   default.apply_small_variant(c, arg)
   c.total_steps = 60 if arg == "demo" else 10

@@ -1,5 +1,7 @@
 """The paper's masks: inpaint holes avoid salient pixels, outpaint keeps the centre, hulls."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,30 @@ def test_outpaint_keeps_only_a_central_rectangle(seed):
   box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
   np.testing.assert_array_equal(keep, box)  # kept region is exactly one rectangle
   assert keep[32, 40] and hole.any()  # it contains the centre; some border is generated
+
+
+def _bordered_sides(hole):
+  """Which of (top, bottom, left, right) carry a border (their whole outer line is hole)."""
+  return (hole[0].all(), hole[-1].all(), hole[:, 0].all(), hole[:, -1].all())
+
+
+def test_outpaint_default_is_a_border_on_all_four_sides():
+  """Sec. 4.1 "retaining only the central portion": the default (config, mixture and function)
+  generates a border on every side; ``outpaint_sides=(1, 4)`` still gives fewer sides."""
+  from seamless_jax.data.config import get_data_config  # pylint: disable=import-outside-toplevel
+  mix = M.MaskMixture.from_config(get_data_config().masks)
+  assert mix.outpaint_sides == (4, 4) == M.MaskMixture().outpaint_sides
+  mix = dataclasses.replace(mix, inpaint_prob=0.0, outpaint_prob=1.0)
+  image = np.zeros((32, 48, 3), np.float32)
+  for seed in range(20):
+    keep, kind = M.sample_keep(np.random.default_rng(seed), image, mix)
+    hole = keep[..., 0] == 0
+    assert kind == M.OUTPAINT and all(_bordered_sides(hole)), seed
+    assert keep[16, 24, 0] == 1  # the centre is kept
+    assert all(_bordered_sides(M.outpaint_hole(np.random.default_rng(seed), 40, 40)))
+  counts = [sum(_bordered_sides(M.outpaint_hole(np.random.default_rng(s), 40, 40,
+                                                sides=(1, 4)))) for s in range(40)]
+  assert min(counts) == 1 and max(counts) == 4 and len(set(counts)) == 4
 
 
 def test_masks_are_deterministic_in_the_seed():

@@ -28,6 +28,26 @@ def test_paper_settings():
   assert (v.data.resolution, v.vae.train_encoder, v.adam_b1, v.adam_b2) == (256, False, 0.5, 0.9)
 
 
+def test_sd15_data_and_gan_schedule_follow_the_paper():
+  """Sec. 4.1: LAION-Aesthetics images of at least 512x512 for both the denoiser and the VAE
+  (the VAE resizes/crops them to 256²); outpaint masks keep only the centre (border on all four
+  sides); the VAE's GAN switches on inside the run (LDM's 50 001 would be past its end)."""
+  for module in (two_step, standard):
+    c = module.get_config("sd15")
+    assert c.data.min_side == c.data.resolution == 512
+    assert tuple(c.data.masks.outpaint_sides) == (4, 4)
+  v = vae_finetune.get_config("sd15")
+  assert (v.data.min_side, v.data.resolution) == (512, 256)
+  assert tuple(v.data.masks.outpaint_sides) == (4, 4)
+  assert 0 < v.vae.disc_start <= v.total_steps // 2 and v.vae.disc_factor > 0
+  for module in (two_step, standard, vae_finetune):  # small variants read 32² images
+    for variant in ("tiny", "demo"):
+      c = module.get_config(variant)
+      assert c.data.min_side == c.data.resolution == 32
+      if c.mode == "vae_finetune":
+        assert c.vae.disc_start < c.total_steps
+
+
 def test_unknown_variant():
   with pytest.raises(ValueError, match="unknown config variant 'small'"):
     two_step.get_config("small")

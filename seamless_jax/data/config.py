@@ -36,7 +36,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.masks.saliency_threshold = 0.5       # for saliency maps shipped with the data (U2Net)
   c.masks.saliency_margin = 8            # px kept free between a hole and salient pixels
   c.masks.use_builtin_saliency = True    # estimate saliency when the data has none
-  c.masks.outpaint_sides = (1, 4)        # min/max number of sides with a border
+  c.masks.outpaint_sides = (4, 4)        # min/max number of sides with a border: (4, 4) =
+                                         # the paper's "retaining only the central portion";
+                                         # (1, 4) also trains 1-3-sided extensions
   # --- throughput
   c.worker_count = 8           # Grain worker processes (0 = in-process)
   c.worker_buffer_size = 2     # batches prefetched per worker

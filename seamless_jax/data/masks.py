@@ -8,7 +8,8 @@ Training masks (Sec. 4.1 of the paper):
   * inpaint: free-form strokes, boxes and blobs placed in the *background*. Pixels marked salient
     (a user's U2Net/any saliency map, or the built-in estimate ``spectral_residual_saliency``),
     dilated by ``margin`` px, are never part of the hole.
-  * outpaint: keep a central rectangle; the hole is a border on 1-4 random sides.
+  * outpaint: keep a central rectangle ("retaining only the central portion"); by default the
+    hole is a border on all four sides, ``outpaint_sides=(1, 4)`` draws 1-4 random sides.
 Benchmark masks (Sec. 4.1, BrushBench change): convex hull of the segmentation mask dilated by N
 px; BrushBench's run-length format is decoded/encoded by ``rle_decode`` / ``rle_encode``.
 All sampling takes an explicit ``np.random.Generator``.
@@ -179,13 +180,13 @@ def outpaint_hole(
     width: int,
     *,
     area_range: tuple[float, float] = (0.1, 0.4),
-    sides: tuple[int, int] = (1, 4),
+    sides: tuple[int, int] = (4, 4),
     max_border: float = 0.45,
 ) -> np.ndarray:
   """Border hole around a kept central rectangle: bool (H, W).
 
   ``sides`` = (min, max) number of image sides (top, bottom, left, right) that get a border of
-  >= 1 px; the hole fraction is drawn from ``area_range`` and split between the sides with a
+  >= 1 px (default all four: only the central portion is kept); the hole fraction is drawn from ``area_range`` and split between the sides with a
   random aspect. Each border is at most ``max_border`` of its side, so the image centre is
   always kept (with few sides the hole can be smaller than asked).
   """
@@ -312,7 +313,7 @@ class MaskMixture:
   saliency_threshold: float = 0.5
   saliency_margin: int = 8
   use_builtin_saliency: bool = True
-  outpaint_sides: tuple[int, int] = (1, 4)
+  outpaint_sides: tuple[int, int] = (4, 4)
 
   @classmethod
   def from_config(cls, cfg) -> "MaskMixture":
