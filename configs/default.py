@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.grad_accum_steps = 1         # micro-batches per step (lax.scan inside the step)
   c.max_grad_norm = 1.0          # global-norm clipping (0 = off)
-  c.ema_decay = 0.9999
+  c.ema_decay = 0.9999           # with warm-up: n-th update uses min(decay, (1+n)/(10+n))
   c.max_nonfinite_steps = 5      # stop after this many non-finite steps in a row
   c.seed = 0
   c.stop_at_step = 0             # >0: save and stop after this step (time-limited jobs, tests)
@@ -63,7 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.two_step.weight = 0.5        # λ in L1 + λ·L2
   c.two_step.stride = 20         # t' = t − stride (DDIM-50 spacing)
   c.two_step.stop_grad = True    # no gradient through ẑ0 into the second step
-  c.two_step.second_t = "prev"   # 'prev' (t') | 'same' (t, as printed in the paper)
+  c.two_step.second_t = "prev"   # timestep INPUT of the 2nd call (noise at t' either way):
+                                 # 'prev' (t') | 'same' (t, Alg. 1 as printed)
   c.two_step.min_t = 0           # smallest second timestep t'
   c.two_step.keep_method = "nearest"  # pixel keep -> latent keep (blending.latent_keep)
   # --- VAE fine-tune (mode='vae_finetune')
