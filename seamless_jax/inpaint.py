@@ -1,0 +1,643 @@
+"""Inpainting and outpainting with a trained model: Python API and ``python -m seamless_jax.inpaint``.
+
+The paper's full system is a two-step UNet (``--model``: a ``two_step`` workdir or its exported
+diffusers folder) rendered by the Eq. 6 blend-aware decoder (``--vae``: a ``vae_finetune``
+workdir or a VAE folder; its decoder replaces the model's, the encoder stays the model's)::
+
+  python -m seamless_jax.inpaint --model runs/two_step --vae runs/vae \\
+      --image photo.png --mask mask.png --out result.png
+  python -m seamless_jax.inpaint --model /ckpt/stable-diffusion-v1-5 --image photo.png \\
+      --outpaint 128,0,128,0 --num-images 4 --out outpainted/
+
+Python::
+
+  from seamless_jax import inpaint
+  pipe = inpaint.Inpainter.load("runs/two_step", vae="runs/vae")
+  [result] = pipe(image_uint8, mask_uint8)          # white mask pixels = generate
+  canvas, mask = inpaint.outpaint_canvas(image_uint8, 128, 0, 128, 0)
+  results = pipe(canvas, mask, num_images=4, seed=1)
+
+Sampling is Blended Latent Diffusion (BLD) with DDIM (:func:`seamless_jax.diffusion.sampler.
+bld_sample`) and classifier-free guidance, the negative prompt as the unconditional text. The
+prediction type (ε for base SD-1.5, v for our trained models), β schedule and DDIM spacing come
+from the model's scheduler config. 4-channel UNets are blended every step; 9-channel inpainting
+UNets (``in_channels=9``) get ``[z_t, hole mask, E(x·keep)]`` as input and are blended too.
+
+Conventions and rules
+---------------------
+* I/O: images are uint8 (H, W, 3) RGB; masks uint8 (H, W), **white (> 127) = generate** (the
+  diffusers/BrushNet convention; bool masks: True = generate). Internally images are NHWC
+  float32 in [−1, 1] and ``keep`` = 1 on known pixels.
+* Image files: RGB; greyscale, palette and fully opaque RGBA files are converted to RGB; other
+  modes (CMYK, 16-bit, transparent RGBA...) are refused. Mask files are read as greyscale.
+* Mask size: a mask of another size with the same aspect ratio (within 1 %) is resized to the
+  image size with nearest-neighbour sampling, then thresholded (> 127 = generate); a different
+  aspect ratio is an error. Empty masks (nothing to generate), full masks (nothing kept) and holes
+  that vanish at latent resolution are errors.
+* Any image size: the image and its mask are padded (reflect) at the bottom/right to a multiple
+  of :attr:`Inpainter.size_multiple` (VAE factor × 2^UNet downsamplings: 64 for SD-1.5) and the
+  result is cropped back, so outputs have the input's size and no pixel is resampled.
+* Outpainting: :func:`outpaint_canvas` grows the canvas by LEFT, TOP, RIGHT, BOTTOM pixels and
+  marks the new area white in the mask. The new area is filled (``edge`` default, ``reflect``,
+  ``mean``, ``black``) only for the saved canvas: the model never sees it (the hole is zeroed
+  before encoding, ``E(x·keep)``).
+* ``paste_back``: copies the input's known pixels over the output. The Eq. 6 decoder is trained
+  so that the decoded known region already matches the input without a visible seam, so the
+  paper's system does not need it; it makes the known region exact (e.g. for plain SD-1.5).
+* Randomness: image ``i`` sample ``j`` uses the key ``fold_in(PRNGKey(seed_i), j)``, so results
+  do not depend on batching: a batch call equals one call per image with the same seed.
+* Compilation: one XLA program per (batch, padded size, steps); params are arguments (never
+  constants) and stay on the device between calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging as absl_logging
+from PIL import Image
+
+from seamless_jax import loading
+from seamless_jax.data import masks as masks_lib
+from seamless_jax.diffusion import blending
+from seamless_jax.diffusion import sampler
+from seamless_jax.diffusion import schedule as schedule_lib
+
+DEFAULT_PROMPT = "scenery"
+OUTPAINT_FILLS = ("edge", "reflect", "mean", "black")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+ASPECT_TOLERANCE = 0.01
+CONVERTIBLE_MODES = ("RGB", "L", "P", "RGBA", "LA", "RGBX")
+
+
+class InputError(ValueError):
+  """An image, mask or option a user gave that cannot be used; the message names it."""
+
+
+# ============================================================================ image / mask I/O
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 (H, W, 3) RGB from an image file; :class:`InputError` naming ``path`` otherwise."""
+  with _open_image(path, "image") as img:
+    mode = img.mode
+    if mode not in CONVERTIBLE_MODES:
+      raise InputError(f"{path} is not an RGB image (mode {mode}); convert it to 8-bit RGB")
+    if img.mode == "P":
+      img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+      alpha = np.asarray(img.getchannel("A"))
+      if alpha.min() < 255:
+        raise InputError(f"{path} has transparent pixels (mode {mode}); give an opaque RGB image "
+                         "and the region to generate as --mask")
+    return np.asarray(img.convert("RGB"), np.uint8).copy()
+
+
+def read_mask(path: str) -> np.ndarray:
+  """uint8 (H, W) from a mask file read as greyscale (white = generate)."""
+  with _open_image(path, "mask") as img:
+    if img.mode in ("I", "I;16", "F"):
+      raise InputError(f"{path} is not an 8-bit mask (mode {img.mode}); save it as 8-bit grey")
+    return np.asarray(img.convert("L"), np.uint8).copy()
+
+
+def _open_image(path: str, what: str):
+  if not os.path.isfile(path):
+    raise InputError(f"{what} file {path} does not exist")
+  try:
+    img = Image.open(path)
+    img.load()
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise InputError(f"{path} is not a readable {what} file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from e
+  return img
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+  """``image`` as uint8 (H, W, 3); :class:`InputError` for other shapes/dtypes."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise InputError(f"{name} must be RGB (H, W, 3), got shape {image.shape}")
+  if image.dtype != np.uint8:
+    raise InputError(f"{name} must be uint8 (0-255), got {image.dtype}")
+  if min(image.shape[:2]) < 1:
+    raise InputError(f"{name} is empty ({image.shape})")
+  return image
+
+
+def mask_to_keep(mask, image_hw: tuple[int, int], name: str = "mask") -> np.ndarray:
+  """Mask (white / True = generate) -> ``keep`` bool (H, W) at the image size (module doc rules).
+
+  ``mask``: (h, w), (h, w, 1) or (h, w, C) uint8 (> 127 = generate; channel 0 is used) or bool.
+  """
+  mask = np.asarray(mask)
+  if mask.ndim == 3:
+    mask = mask[..., 0]
+  if mask.ndim != 2:
+    raise InputError(f"{name} must be (H, W) or (H, W, C), got shape {mask.shape}")
+  if mask.dtype == bool:
+    mask = np.where(mask, 255, 0).astype(np.uint8)
+  elif mask.dtype != np.uint8:
+    raise InputError(f"{name} must be uint8 (white = generate) or bool, got {mask.dtype}")
+  height, width = image_hw
+  if mask.shape != (height, width):
+    mh, mw = mask.shape
+    if abs(mw / mh - width / height) > ASPECT_TOLERANCE * (width / height):
+      raise InputError(f"{name} is {mw}x{mh} but the image is {width}x{height} (width x height):"
+                       " a mask must have the image's aspect ratio (it is resized only then)")
+    mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+  keep = masks_lib.keep_from_mask_image(mask)[..., 0] > 0.5
+  if keep.all():
+    raise InputError(f"{name} is empty: no white (> 127) pixel marks a region to generate")
+  if not keep.any():
+    raise InputError(f"{name} is full: every pixel is to be generated, nothing is kept "
+                     "(BLD needs known pixels)")
+  return keep
+
+
+def outpaint_canvas(image, left: int, top: int, right: int, bottom: int,
+                    fill: str = "edge") -> tuple[np.ndarray, np.ndarray]:
+  """Grows ``image`` (H, W, 3) uint8 by the given pixels on each side.
+
+  Returns ``(canvas, mask)``: canvas uint8 (H+top+bottom, W+left+right, 3) and mask uint8 of the
+  same height/width, 255 (white = generate) on the new area, 0 on the original pixels. The new
+  area is filled with ``fill``: 'edge' (nearest border pixel), 'reflect', 'mean' (the image's mean
+  colour) or 'black'. The fill is only what the saved canvas shows: the model sees the hole as
+  zeros (``E(x·keep)``).
+  """
+  image = check_image(image)
+  sides = tuple(int(v) for v in (left, top, right, bottom))
+  if min(sides) < 0:
+    raise InputError(f"outpaint sizes must be >= 0 pixels, got LEFT,TOP,RIGHT,BOTTOM={sides}")
+  if sum(sides) == 0:
+    raise InputError("outpaint sizes are all 0: nothing to generate")
+  left, top, right, bottom = sides
+  pad = ((top, bottom), (left, right), (0, 0))
+  if fill in ("edge", "reflect"):
+    canvas = np.pad(image, pad, mode=fill)
+  elif fill in ("mean", "black"):
+    colour = image.reshape(-1, 3).mean(0).round() if fill == "mean" else np.zeros(3)
+    canvas = np.pad(image, pad, mode="constant")
+    canvas[:] = colour.astype(np.uint8)
+    canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
+  else:
+    raise InputError(f"outpaint fill must be one of {', '.join(OUTPAINT_FILLS)}, got {fill!r}")
+  mask = np.full(canvas.shape[:2], 255, np.uint8)
+  mask[top:top + image.shape[0], left:left + image.shape[1]] = 0
+  return canvas, mask
+
+
+# ============================================================================ the pipeline
+
+def default_dtype() -> str:
+  """'bfloat16' on GPU/TPU, 'float32' on CPU."""
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
+def _to_uint8(images) -> np.ndarray:
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _pad_to(array: np.ndarray, multiple: int) -> np.ndarray:
+  """Reflect-pads (…, H, W, C) at the bottom/right to multiples of ``multiple``."""
+  height, width = array.shape[-3:-1]
+  pad_h, pad_w = -height % multiple, -width % multiple
+  if not pad_h and not pad_w:
+    return array
+  pad = [(0, 0)] * (array.ndim - 3) + [(0, pad_h), (0, pad_w), (0, 0)]
+  return np.pad(array, pad, mode="reflect" if min(height, width) > 1 else "edge")
+
+
+def sample_keys(seed: int, count: int) -> np.ndarray:
+  """(count, 2) uint32: the key of sample ``j`` of an image with ``seed`` is
+  ``fold_in(PRNGKey(seed), j)``."""
+  base = jax.random.PRNGKey(int(seed))
+  return np.stack([np.asarray(jax.random.fold_in(base, j)) for j in range(count)])
+
+
+class _Progress:
+  """tqdm over images when installed, else one printed line per chunk (stderr)."""
+
+  def __init__(self, total: int, enabled: bool):
+    self.total, self.done, self.bar = total, 0, None
+    self.enabled = enabled
+    if enabled:
+      try:
+        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+        self.bar = tqdm(total=total, unit="image", file=sys.stderr)
+      except ImportError:
+        self.bar = None
+
+  def update(self, count: int, seconds: float) -> None:
+    self.done += count
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.update(count)
+      self.bar.set_postfix_str(f"{seconds / count:.2f} s/image")
+    else:
+      print(f"images {self.done}/{self.total} ({seconds / count:.2f} s/image)", file=sys.stderr)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+@dataclasses.dataclass
+class RunStats:
+  """Timings of the latest call: ``compile_s`` (0 when every shape was cached) and ``images``
+  generated in ``sample_s`` seconds (device time without compilation)."""
+  compile_s: float = 0.0
+  sample_s: float = 0.0
+  images: int = 0
+
+  @property
+  def seconds_per_image(self) -> float:
+    return self.sample_s / max(self.images, 1)
+
+
+class Inpainter:
+  """BLD inpainting/outpainting with one loaded pipeline (see the module doc for the rules).
+
+  Build with :meth:`load`; call with one image (``__call__``) or a same-size batch (:meth:`batch`).
+  ``stats`` holds the timings of the latest call.
+  """
+
+  def __init__(self, pipeline, *, keep_method: str = "nearest"):
+    self.pipeline = pipeline
+    self.info = dict(pipeline.info)
+    unet, vae = pipeline.unet, pipeline.vae
+    if unet.in_channels not in (4, 9):
+      raise loading.SourceError(f"{self.info.get('source', 'model')}: a UNet with in_channels="
+                                f"{unet.in_channels} is neither a 4-channel (BLD) nor a 9-channel "
+                                "inpainting UNet")
+    self.inpaint_channels = unet.in_channels == 9
+    self.keep_method = keep_method
+    self.vae_factor = int(vae.downscale)
+    self.size_multiple = self.vae_factor * 2 ** (len(unet.block_out_channels) - 1)
+    self.scaling_factor = float(getattr(vae, "scaling_factor", 0.18215))
+    self.shift_factor = float(getattr(vae, "shift_factor", None) or 0.0)
+    self.max_length = int(pipeline.text_encoder.max_position_embeddings)
+    sc = pipeline.scheduler_config or {}
+    self.prediction_type = sc.get("prediction_type", "epsilon")
+    if self.prediction_type not in ("epsilon", "v_prediction"):
+      raise loading.SourceError(f"{self.info.get('source', 'model')}: scheduler prediction_type "
+                                f"{self.prediction_type!r} is not 'epsilon' or 'v_prediction'")
+    self.sampler_options = dict(prediction_type=self.prediction_type,
+                                set_alpha_to_one=bool(sc.get("set_alpha_to_one", False)),
+                                steps_offset=int(sc.get("steps_offset", 1)),
+                                spacing=sc.get("timestep_spacing", "leading"),
+                                inpaint_channels=self.inpaint_channels)
+    self.alphas_cumprod = jax.device_put(schedule_lib.make_schedule(
+        int(sc.get("num_train_timesteps", 1000)), float(sc.get("beta_start", 0.00085)),
+        float(sc.get("beta_end", 0.012)), sc.get("beta_schedule", "scaled_linear")).alphas_cumprod)
+    self.params = jax.device_put({"unet": pipeline.unet_params, "vae": pipeline.vae_params,
+                                  "text": pipeline.text_encoder_params})
+    self._jitted: dict[int, Callable] = {}
+    self._compiled: dict[tuple, Callable] = {}
+    self.stats = RunStats()
+
+  @classmethod
+  def load(cls, model: str, *, vae: str | None = None, step: int | None = None, ema: bool = True,
+           vae_step: int | None = None, dtype: str | None = None, attention: str | None = None,
+           keep_method: str = "nearest") -> "Inpainter":
+    """Loads ``model`` (diffusers folder or training workdir) + the decoder of ``vae``.
+
+    ``dtype``: compute dtype ('float32', 'bfloat16', 'float16'; None = bfloat16 on GPU/TPU,
+    float32 on CPU). Raises :class:`seamless_jax.loading.SourceError` for unusable sources.
+    """
+    pipe = loading.load_pipeline(model, step=step, ema=ema, vae=vae, vae_step=vae_step,
+                                 dtype=dtype or default_dtype(), attention=attention)
+    return cls(pipe, keep_method=keep_method)
+
+  # ------------------------------------------------------------------ public calls
+
+  def __call__(self, image, mask, prompt: str = DEFAULT_PROMPT, negative_prompt: str = "", *,
+               num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+               num_images: int = 1, paste_back: bool = False, batch_size: int | None = None,
+               progress: bool = False) -> list[np.ndarray]:
+    """``num_images`` results (uint8 (H, W, 3), the image's size) for one image and mask."""
+    return self.batch([image], [mask], [prompt], negative_prompt,
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      seed=seed, num_images=num_images, paste_back=paste_back,
+                      batch_size=batch_size, progress=progress)
+
+  def batch(self, images: Sequence, masks: Sequence, prompts: str | Sequence[str] = DEFAULT_PROMPT,
+            negative_prompts: str | Sequence[str] = "", *, num_inference_steps: int = 50,
+            guidance_scale: float = 3.0, seed: int | Sequence[int] = 0, num_images: int = 1,
+            paste_back: bool = False, batch_size: int | None = None,
+            progress: bool = False) -> list[np.ndarray]:
+    """Results for a batch of same-size images, in one device call by default.
+
+    Args:
+      images: uint8 (H, W, 3) arrays, all the same size; masks: one per image (module doc).
+      prompts, negative_prompts: one string for all or one per image.
+      seed: one for all images or one per image (see the module doc on keys).
+      num_images: samples per image; the result list is image-major
+        (``[img0_s0, img0_s1, ..., img1_s0, ...]``).
+      batch_size: most samples per device call (None = all in one call); the last call is
+        padded to the same size, so one program serves every call.
+      progress: a progress bar over images (stderr).
+    Returns:
+      ``len(images) * num_images`` uint8 (H, W, 3) arrays.
+    """
+    count = len(images)
+    if count == 0 or len(masks) != count:
+      raise InputError(f"batch needs as many masks as images (>= 1), got {count} images and "
+                       f"{len(masks)} masks")
+    if int(num_images) < 1 or int(num_inference_steps) < 1:
+      raise InputError(f"num_images and num_inference_steps must be >= 1, got {num_images}, "
+                       f"{num_inference_steps}")
+    images = [check_image(im, f"image {i}" if count > 1 else "image")
+              for i, im in enumerate(images)]
+    if any(im.shape != images[0].shape for im in images):
+      raise InputError(f"batch images must share one size, got "
+                       f"{sorted({im.shape[:2] for im in images})}")
+    height, width = images[0].shape[:2]
+    keeps = np.stack([mask_to_keep(m, (height, width), f"mask {i}" if count > 1 else "mask")
+                      for i, m in enumerate(masks)])
+    prompts = _per_image(prompts, count, "prompts")
+    negative_prompts = _per_image(negative_prompts, count, "negative_prompts")
+    seeds = _per_image(seed, count, "seed")
+
+    n = int(num_images)
+    image_pad = _pad_to(_to_float(np.stack(images)), self.size_multiple)
+    keep_pad = _pad_to(keeps[..., None].astype(np.float32), self.size_multiple)
+    self._check_latent_holes(keep_pad)
+    rows = np.repeat(np.arange(count), n)
+    inputs = {"image": image_pad[rows], "keep": keep_pad[rows],
+              "cond_ids": self._tokenize([prompts[i] for i in rows]),
+              "uncond_ids": self._tokenize([negative_prompts[i] for i in rows]),
+              "keys": np.concatenate([sample_keys(s, n) for s in seeds])}
+    decoded = self._generate(inputs, int(num_inference_steps), float(guidance_scale),
+                             batch_size, progress)
+    results = _to_uint8(decoded[:, :height, :width])
+    if paste_back:
+      known = keeps[rows][..., None]
+      results = np.where(known, np.stack(images)[rows], results)
+    return list(results)
+
+  # ------------------------------------------------------------------ internals
+
+  def _tokenize(self, texts: list[str]) -> np.ndarray:
+    return np.asarray(self.pipeline.tokenizer(texts, max_length=self.max_length), np.int32)
+
+  def _check_latent_holes(self, keep_pad: np.ndarray) -> None:
+    latent_hw = (keep_pad.shape[1] // self.vae_factor, keep_pad.shape[2] // self.vae_factor)
+    keep_latent = np.asarray(blending.latent_keep(jnp.asarray(keep_pad), latent_hw,
+                                                  self.keep_method))
+    for i, k in enumerate(keep_latent):
+      if k.min() >= 1.0:
+        raise InputError(f"mask {i}: the region to generate is too thin for the latent grid (one "
+                         f"latent cell = {self.vae_factor}x{self.vae_factor} px); enlarge it")
+
+  def _generate(self, inputs: dict, steps: int, guidance: float, batch_size: int | None,
+                progress: bool) -> np.ndarray:
+    """Runs the compiled program over chunks of ``batch_size`` rows; (N, Hp, Wp, 3) float32."""
+    total = inputs["image"].shape[0]
+    chunk = total if not batch_size else max(1, min(int(batch_size), total))
+    self.stats = RunStats()
+    parts = [{k: _pad_rows(v[start:start + chunk], chunk) for k, v in inputs.items()}
+             for start in range(0, total, chunk)]
+    compiled = self._program(parts[0], steps)  # every chunk has this shape
+    bar = _Progress(total, progress)
+    outputs = []
+    try:
+      for start, part in zip(range(0, total, chunk), parts):
+        t0 = time.perf_counter()
+        out = compiled(self.params, part["image"], part["keep"], part["cond_ids"],
+                       part["uncond_ids"], part["keys"], self.alphas_cumprod,
+                       np.float32(guidance))
+        out = np.asarray(jax.device_get(out))[:min(chunk, total - start)]
+        seconds = time.perf_counter() - t0
+        self.stats.sample_s += seconds
+        self.stats.images += len(out)
+        outputs.append(out)
+        bar.update(len(out), seconds)
+    finally:
+      bar.close()
+    return np.concatenate(outputs)
+
+  def _program(self, part: dict, steps: int) -> Callable:
+    """The compiled sampler for these shapes (compiled once per shape and step count)."""
+    signature = (steps,) + tuple((k, v.shape, str(v.dtype)) for k, v in sorted(part.items()))
+    if signature not in self._compiled:
+      if steps not in self._jitted:
+        self._jitted[steps] = jax.jit(functools.partial(self._sample, num_inference_steps=steps))
+      t0 = time.perf_counter()
+      self._compiled[signature] = self._jitted[steps].lower(
+          self.params, part["image"], part["keep"], part["cond_ids"], part["uncond_ids"],
+          part["keys"], self.alphas_cumprod, np.float32(0)).compile()
+      self.stats.compile_s += time.perf_counter() - t0
+    return self._compiled[signature]
+
+  @property
+  def num_compiled(self) -> int:
+    """How many programs were compiled so far (one per shape and step count)."""
+    return len(self._compiled)
+
+  def _sample(self, params, image, keep, cond_ids, uncond_ids, keys, alphas_cumprod,
+              guidance_scale, *, num_inference_steps: int):
+    """image (N, H, W, 3) [-1, 1]; keep (N, H, W, 1); ids (N, L); keys (N, 2) -> (N, H, W, 3)."""
+    pipe = self.pipeline
+    vae, text, unet = pipe.vae, pipe.text_encoder, pipe.unet
+    sf, shift = self.scaling_factor, self.shift_factor
+    mean, _ = vae.apply({"params": params["vae"]}, image * keep, method=vae.encode)
+    z0_known = (mean.astype(jnp.float32) - shift) * sf
+    keep_latent = blending.latent_keep(keep, z0_known.shape[1:3], self.keep_method)
+    cond = text.apply({"params": params["text"]}, cond_ids)
+    uncond = text.apply({"params": params["text"]}, uncond_ids)
+
+    def model_fn(unet_params, z_in, t, context):
+      return unet.apply({"params": unet_params}, z_in, t, context)
+
+    def one(z0k, kl, c, u, key):  # per-sample key: results independent of the batch
+      z = sampler.bld_sample(model_fn, params["unet"], z0k[None], kl[None], c[None], u[None],
+                             key, alphas_cumprod, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, **self.sampler_options)
+      return z[0]
+
+    z = jax.vmap(one)(z0_known, keep_latent, cond, uncond, keys)
+    x = vae.apply({"params": params["vae"]}, z / sf + shift, method=vae.decode)
+    return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
+
+
+def _per_image(value, count: int, name: str) -> list:
+  if isinstance(value, (str, int, np.integer)):
+    return [value] * count
+  value = list(value)
+  if len(value) != count:
+    raise InputError(f"{name}: {len(value)} values for {count} images")
+  return value
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  """Repeats the last row so that ``array`` has ``rows`` rows (one program for every chunk)."""
+  missing = rows - array.shape[0]
+  if missing <= 0:
+    return array
+  return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+
+
+# ============================================================================ CLI
+
+def output_paths(out: str, image_path: str | None, count: int) -> list[str]:
+  """Where ``count`` results go.
+
+  ``out`` with an image suffix (``.png``, ``.jpg``...) is a file: one result is written there,
+  several as ``<stem>_<i><suffix>``. Anything else is a folder (created): results are
+  ``<folder>/<image stem>_<i>.png``.
+  """
+  stem, suffix = os.path.splitext(out)
+  if suffix.lower() in IMAGE_SUFFIXES:
+    return [out] if count == 1 else [f"{stem}_{i}{suffix}" for i in range(count)]
+  name = os.path.splitext(os.path.basename(image_path or "result"))[0]
+  return [os.path.join(out, f"{name}_{i}.png") for i in range(count)]
+
+
+def parse_sides(text: str) -> tuple[int, int, int, int]:
+  """'LEFT,TOP,RIGHT,BOTTOM' -> four ints."""
+  try:
+    sides = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    sides = ()
+  if len(sides) != 4:
+    raise InputError(f"--outpaint needs LEFT,TOP,RIGHT,BOTTOM pixels (4 integers), got {text!r}")
+  return sides
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m seamless_jax.inpaint",
+      description="Inpaint or outpaint an image with Blended Latent Diffusion (DDIM, CFG). The "
+                  "paper's full system: --model a two_step workdir (or its exported folder) and "
+                  "--vae a vae_finetune workdir (the Eq. 6 decoder).",
+      epilog="Mask: white (> 127) = generate; a mask of another size but the same aspect ratio "
+             "is resized (nearest). Sizes that are not a multiple of the model's factor (64 px "
+             "for SD-1.5) are reflect-padded and cropped back. Errors print one line and exit 1.")
+  model = parser.add_argument_group("model")
+  model.add_argument("--model", required=True,
+                     help="diffusers SD-1.5 folder or a training workdir (two_step/standard)")
+  model.add_argument("--step", type=int, default=None,
+                     help="workdir checkpoint step (default: the latest)")
+  model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                     help="EMA weights of a workdir (default) or the raw ones (--no-ema)")
+  model.add_argument("--vae", default=None,
+                     help="VAE folder or vae_finetune workdir: its decoder replaces the model's "
+                          "(the encoder stays the model's)")
+  model.add_argument("--vae-step", type=int, default=None, help="step of a --vae workdir")
+  model.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                     help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+  model.add_argument("--attention", default=None, choices=("xla", "cudnn"),
+                     help="attention kernel (default: chosen by JAX)")
+  io = parser.add_argument_group("input / output")
+  io.add_argument("--image", required=True, help="input image file (RGB)")
+  io.add_argument("--mask", default=None, help="mask file, white = generate (or use --outpaint)")
+  io.add_argument("--outpaint", default=None, metavar="LEFT,TOP,RIGHT,BOTTOM",
+                  help="grow the canvas by these pixels and generate the new area")
+  io.add_argument("--outpaint-fill", default="edge", choices=OUTPAINT_FILLS,
+                  help="what the saved canvas shows in the new area before generation "
+                       "(the model never sees it)")
+  io.add_argument("--out", default="outputs",
+                  help="output file (.png/.jpg...: several results become <stem>_<i>.png) or "
+                       "folder (results <image stem>_<i>.png); default: outputs/")
+  io.add_argument("--paste-back", action="store_true",
+                  help="copy the known pixels of the input over the result (exact known "
+                       "region; the Eq. 6 decoder is meant to make this unnecessary)")
+  sampling = parser.add_argument_group("sampling")
+  sampling.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: scenery)")
+  sampling.add_argument("--negative-prompt", default="",
+                        help="negative prompt (the unconditional text of CFG)")
+  sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+  sampling.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
+  sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  sampling.add_argument("--num-images", type=int, default=1, help="samples to generate")
+  sampling.add_argument("--batch-size", type=int, default=None,
+                        help="most samples per device call (default: all in one call)")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show library log messages (checkpoint reading etc.)")
+  return parser
+
+
+def prepare_inputs(args) -> tuple[np.ndarray, np.ndarray]:
+  """(image, mask) uint8 from the CLI options; validated before any model is loaded."""
+  image = read_image(args.image)
+  if args.outpaint and args.mask:
+    raise InputError("give --mask or --outpaint, not both")
+  if args.outpaint:
+    image, mask = outpaint_canvas(image, *parse_sides(args.outpaint), fill=args.outpaint_fill)
+    name = "--outpaint mask"
+  elif args.mask:
+    mask, name = read_mask(args.mask), args.mask
+  else:
+    raise InputError("give --mask (white = generate) or --outpaint LEFT,TOP,RIGHT,BOTTOM")
+  mask_to_keep(mask, image.shape[:2], name)  # the one-line errors come before loading weights
+  return image, mask
+
+
+def run(args) -> list[str]:
+  """The CLI's work; returns the written paths. Raises InputError / SourceError."""
+  if args.steps < 1 or args.num_images < 1:
+    raise InputError(f"--steps and --num-images must be >= 1, got {args.steps}, "
+                     f"{args.num_images}")
+  image, mask = prepare_inputs(args)
+  paths = output_paths(args.out, args.image, args.num_images)
+  t0 = time.perf_counter()
+  pipe = Inpainter.load(args.model, vae=args.vae, step=args.step, ema=args.ema,
+                        vae_step=args.vae_step, dtype=args.dtype, attention=args.attention)
+  print(f"loaded {_describe(pipe.info)} in {time.perf_counter() - t0:.1f}s "
+        f"({pipe.prediction_type}, {'9-channel' if pipe.inpaint_channels else 'BLD'} UNet)",
+        file=sys.stderr)
+  results = pipe(image, mask, args.prompt, args.negative_prompt, num_inference_steps=args.steps,
+                 guidance_scale=args.guidance, seed=args.seed, num_images=args.num_images,
+                 paste_back=args.paste_back, batch_size=args.batch_size, progress=True)
+  stats = pipe.stats
+  print(f"compiled in {stats.compile_s:.1f}s; {stats.images} image(s) of {image.shape[1]}x"
+        f"{image.shape[0]} in {stats.sample_s:.2f}s ({stats.seconds_per_image:.2f} s/image)",
+        file=sys.stderr)
+  for path, result in zip(paths, results):
+    folder = os.path.dirname(path)
+    try:
+      if folder:
+        os.makedirs(folder, exist_ok=True)
+      Image.fromarray(result).save(path)
+    except (OSError, ValueError) as e:
+      raise InputError(f"cannot write {path}: {e}") from e
+    print(path)
+  return paths
+
+
+def _describe(info: dict) -> str:
+  text = info.get("source", "?")
+  if info.get("kind") == "workdir":
+    text += f" (step {info['step']}, {'EMA' if info['ema'] else 'raw'} params)"
+  if info.get("vae"):
+    text += f" + decoder of {info['vae']}"
+  return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  if not args.verbose:  # orbax's notes while reading checkpoints are not the user's business
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    run(args)
+  except (InputError, loading.SourceError) as e:
+    raise SystemExit(f"error: {e}") from None
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,255 @@
+"""seamless_jax.inpaint: the Inpainter API and ``python -m seamless_jax.inpaint`` on tiny models.
+
+The models are the session's tiny trained workdirs (tests/conftest.py) and a diffusers folder
+saved from the two-step one; sampling uses 3 DDIM steps so every call is fast.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seamless_jax import convert
+from seamless_jax import inpaint
+from seamless_jax import loading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3
+H, W = 37, 45  # odd sizes: padded to the tiny model's multiple (4) and cropped back
+
+
+def _image(height=H, width=W, seed=0):
+  rng = np.random.default_rng(seed)
+  ys, xs = np.mgrid[0:height, 0:width]
+  base = np.stack([xs * 255 / width, ys * 255 / height, np.full_like(xs, 128.0)], -1)
+  return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def _mask(height=H, width=W, box=(10, 12, 25, 30)):
+  mask = np.zeros((height, width), np.uint8)
+  top, left, bottom, right = box
+  mask[top:bottom, left:right] = 255
+  return mask
+
+
+def _save(array, path):
+  Image.fromarray(array).save(path)
+  return str(path)
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "seamless_jax.inpaint", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_workdirs, tmp_path_factory):
+  """The tiny two-step model as a diffusers folder (v-prediction scheduler)."""
+  pipe = loading.load_pipeline(tiny_workdirs["two_step"])
+  folder = str(tmp_path_factory.mktemp("tiny_sd"))
+  convert.save_pipeline(pipe, folder,
+                        tokenizer_folder=os.path.join(tiny_workdirs["data"], "tokenizer"),
+                        scheduler_overrides={"prediction_type": "v_prediction"})
+  return folder
+
+
+@pytest.fixture(scope="module")
+def full_system(tiny_workdirs):
+  """Two-step workdir UNet + the vae_finetune workdir's Eq. 6 decoder."""
+  return inpaint.Inpainter.load(tiny_workdirs["two_step"], vae=tiny_workdirs["vae_finetune"],
+                                dtype="float32")
+
+
+# ------------------------------------------------------------------ pure input handling
+
+def test_outpaint_canvas_has_the_requested_size_and_marks_only_the_new_area():
+  image = _image(10, 12)
+  canvas, mask = inpaint.outpaint_canvas(image, 3, 4, 5, 6)
+  assert canvas.shape == (10 + 4 + 6, 12 + 3 + 5, 3) and canvas.dtype == np.uint8
+  assert mask.shape == canvas.shape[:2]
+  np.testing.assert_array_equal(canvas[4:14, 3:15], image)
+  expected = np.full(mask.shape, 255, np.uint8)
+  expected[4:14, 3:15] = 0
+  np.testing.assert_array_equal(mask, expected)
+  np.testing.assert_array_equal(canvas[0, 0], image[0, 0])  # 'edge' copies the corner pixel
+  mean, _ = inpaint.outpaint_canvas(image, 0, 0, 2, 0, fill="mean")
+  np.testing.assert_array_equal(mean[:, -1], np.broadcast_to(
+      image.reshape(-1, 3).mean(0).round().astype(np.uint8), (10, 3)))
+  black, _ = inpaint.outpaint_canvas(image, 1, 0, 0, 0, fill="black")
+  assert black[:, 0].max() == 0
+  with pytest.raises(inpaint.InputError, match="all 0"):
+    inpaint.outpaint_canvas(image, 0, 0, 0, 0)
+  with pytest.raises(inpaint.InputError, match=">= 0"):
+    inpaint.outpaint_canvas(image, -1, 0, 0, 0)
+
+
+def test_mask_rules_resize_same_aspect_and_refuse_the_rest():
+  half = np.zeros((20, 30), np.uint8)
+  half[:, 15:] = 200  # > 127: generate
+  keep = inpaint.mask_to_keep(half, (40, 60))
+  assert keep.shape == (40, 60)
+  assert keep[:, :30].all() and not keep[:, 30:].any()
+  np.testing.assert_array_equal(inpaint.mask_to_keep(half > 127, (20, 30)), keep[::2, ::2])
+  with pytest.raises(inpaint.InputError, match="aspect ratio"):
+    inpaint.mask_to_keep(half, (40, 40))
+  with pytest.raises(inpaint.InputError, match="is empty"):
+    inpaint.mask_to_keep(np.full((20, 30), 127, np.uint8), (20, 30))
+  with pytest.raises(inpaint.InputError, match="is full"):
+    inpaint.mask_to_keep(np.full((20, 30), 255, np.uint8), (20, 30))
+
+
+def test_output_paths_rule():
+  assert inpaint.output_paths("a/r.png", "x/photo.jpg", 1) == ["a/r.png"]
+  assert inpaint.output_paths("a/r.jpg", "x/photo.jpg", 2) == ["a/r_0.jpg", "a/r_1.jpg"]
+  assert inpaint.output_paths("outs", "x/photo.jpg", 2) == [os.path.join("outs", "photo_0.png"),
+                                                            os.path.join("outs", "photo_1.png")]
+
+
+# ------------------------------------------------------------------ the API
+
+def test_batch_equals_single_calls_same_seed_same_image_one_compile(full_system):
+  pipe = full_system
+  images = [_image(seed=1), _image(seed=2)]
+  masks = [_mask(), _mask(box=(0, 0, 12, 45))]
+  batched = pipe.batch(images, masks, ["scenery", "a lake"], num_inference_steps=STEPS,
+                       seed=[5, 6], num_images=2)
+  assert len(batched) == 4 and all(r.shape == (H, W, 3) and r.dtype == np.uint8 for r in batched)
+  single = (pipe(images[0], masks[0], "scenery", num_inference_steps=STEPS, seed=5, num_images=2)
+            + pipe(images[1], masks[1], "a lake", num_inference_steps=STEPS, seed=6,
+                   num_images=2))
+  # Per-sample keys make the noise batch-independent; only XLA's batched-conv rounding may
+  # differ, which stays within 1 grey level of uint8 output.
+  for b, s in zip(batched, single):
+    assert np.abs(b.astype(int) - s.astype(int)).max() <= 1
+  again = pipe(images[0], masks[0], "scenery", num_inference_steps=STEPS, seed=5, num_images=2)
+  np.testing.assert_array_equal(again[0], single[0])  # same seed -> the same image
+  assert np.abs(single[0].astype(int) - single[1].astype(int)).max() > 0  # sample 1 differs
+  compiled = pipe.num_compiled
+  chunked = pipe.batch(images, masks, ["scenery", "a lake"], num_inference_steps=STEPS,
+                       seed=[5, 6], num_images=2, batch_size=3)  # chunks of 3: 3 + (1 padded)
+  assert pipe.num_compiled == compiled + 1  # one program for both chunks
+  for b, c in zip(batched, chunked):
+    assert np.abs(b.astype(int) - c.astype(int)).max() <= 1
+
+
+def test_paste_back_keeps_the_known_region_exactly(full_system):
+  image, mask = _image(), _mask()
+  [pasted] = full_system(image, mask, num_inference_steps=STEPS, paste_back=True)
+  [raw] = full_system(image, mask, num_inference_steps=STEPS)
+  known = mask < 128
+  np.testing.assert_array_equal(pasted[known], image[known])
+  np.testing.assert_array_equal(pasted[~known], raw[~known])
+  assert np.abs(raw[known].astype(int) - image[known].astype(int)).max() > 0  # a tiny VAE's error
+
+
+def test_thin_hole_is_refused(full_system):
+  mask = np.zeros((H, W), np.uint8)
+  mask[4, 4] = 255  # one pixel that no latent cell samples (nearest picks odd pixels at factor 2)
+  with pytest.raises(inpaint.InputError, match="too thin"):
+    full_system(_image(), mask, num_inference_steps=STEPS)
+
+
+def test_epsilon_models_and_nine_channel_unets_are_accepted(tiny_workdirs):
+  pipe = loading.load_pipeline(tiny_workdirs["two_step"])
+  pipe.scheduler_config = {**pipe.scheduler_config, "prediction_type": "epsilon"}
+  eps = inpaint.Inpainter(pipe)
+  assert eps.prediction_type == "epsilon" and not eps.inpaint_channels
+  [out] = eps(_image(), _mask(), num_inference_steps=2)
+  assert out.shape == (H, W, 3)
+  import jax  # pylint: disable=import-outside-toplevel
+  unet9 = pipe.unet.clone(in_channels=9)
+  params9 = unet9.init(jax.random.PRNGKey(0), *unet9.dummy_inputs())["params"]
+  pipe9 = loading.load_pipeline(tiny_workdirs["two_step"])
+  pipe9.unet, pipe9.unet_params = unet9, params9
+  nine = inpaint.Inpainter(pipe9)
+  assert nine.inpaint_channels
+  [out9] = nine(_image(), _mask(), num_inference_steps=2, paste_back=True)
+  assert out9.shape == (H, W, 3)
+
+
+# ------------------------------------------------------------------ the CLI
+
+def test_cli_on_a_diffusers_folder_writes_results_of_the_input_size(model_folder, tmp_path):
+  image = _save(_image(), tmp_path / "photo.png")
+  mask = _save(_mask(H // 2 + 1, W // 2 + 1), tmp_path / "mask.png")  # same aspect: resized
+  out = tmp_path / "outs"
+  proc = _cli("--model", model_folder, "--image", image, "--mask", mask, "--steps", str(STEPS),
+              "--num-images", "2", "--seed", "3", "--out", str(out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = sorted(os.listdir(out))
+  assert written == ["photo_0.png", "photo_1.png"]
+  for name in written:
+    assert Image.open(out / name).size == (W, H)
+  assert "s/image" in proc.stderr
+
+
+def test_cli_full_system_outpaint_with_paste_back(tiny_workdirs, tmp_path):
+  image = _image()
+  path = _save(image, tmp_path / "photo.png")
+  out = str(tmp_path / "wide.png")
+  proc = _cli("--model", tiny_workdirs["two_step"], "--vae", tiny_workdirs["vae_finetune"],
+              "--image", path, "--outpaint", "6,0,9,3", "--steps", str(STEPS), "--paste-back",
+              "--out", out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = np.asarray(Image.open(out))
+  assert result.shape == (H + 3, W + 6 + 9, 3)
+  np.testing.assert_array_equal(result[:H, 6:6 + W], image)
+  assert "decoder of" in proc.stderr and "step 2, EMA" in proc.stderr
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+  image = _save(_image(), tmp_path / "photo.png")
+  proc = _cli("--model", str(tmp_path), "--image", image, "--mask",
+              _save(_mask(), tmp_path / "mask.png"), timeout=120)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "neither" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("mismatch", "aspect ratio"), ("empty", "is empty"), ("full", "is full"),
+    ("corrupt", "photo.png is not a readable image file"), ("cmyk", "not an RGB image (mode CMYK)"),
+    ("transparent", "transparent pixels"), ("missing", "does not exist"),
+    ("vae_as_model", "is a vae_finetune workdir"), ("no_weights", "neither a diffusers"),
+    ("outpaint_syntax", "LEFT,TOP,RIGHT,BOTTOM"),
+])
+def test_cli_user_errors_are_one_line(case, expected, tiny_workdirs, tmp_path):
+  image_path = tmp_path / "photo.png"
+  _save(_image(), image_path)
+  mask = _mask()
+  model = tiny_workdirs["two_step"]
+  extra = []
+  if case == "mismatch":
+    mask = _mask(30, 30)
+  elif case == "empty":
+    mask = np.zeros((H, W), np.uint8)
+  elif case == "full":
+    mask = np.full((H, W), 255, np.uint8)
+  elif case == "corrupt":
+    image_path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+  elif case == "cmyk":
+    Image.fromarray(_image()).convert("CMYK").save(tmp_path / "photo.jpg")
+    image_path = tmp_path / "photo.jpg"
+  elif case == "transparent":
+    rgba = np.concatenate([_image(), np.full((H, W, 1), 10, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(image_path)
+  elif case == "missing":
+    image_path = tmp_path / "nowhere.png"
+  elif case == "vae_as_model":
+    model = tiny_workdirs["vae_finetune"]
+  elif case == "no_weights":
+    model = str(tmp_path)
+  mask_path = _save(mask, tmp_path / "mask.png")
+  args = ["--model", model, "--image", str(image_path), "--steps", "1",
+          "--out", str(tmp_path / "o.png")]
+  if case == "outpaint_syntax":
+    extra = ["--outpaint", "1,2,3"]
+  else:
+    extra = ["--mask", mask_path]
+  with pytest.raises(SystemExit) as info:
+    inpaint.main(args + extra)
+  message = str(info.value.code)
+  assert message.startswith("error: ") and "\n" not in message and expected in message, message
