@@ -137,7 +137,7 @@ class WorkdirModel:
     return self.frozen["vae"]
 
 
-def _resolve(path: str, workdir: str) -> str:
+def resolve_path(path: str, workdir: str) -> str:
   """A path from a workdir's config: as saved if it exists, else relative to the workdir's
   parent folder (a relative path saved by a run started elsewhere)."""
   if not path or os.path.isabs(path) or os.path.exists(path):
@@ -149,8 +149,10 @@ def _resolve(path: str, workdir: str) -> str:
   return path
 
 
-def _workdir_tokenizer(config, workdir: str) -> CLIPTokenizer:
-  folder = _resolve(models_lib.tokenizer_dir(config), workdir)
+def workdir_tokenizer_folder(config, workdir: str) -> str:
+  """The tokenizer folder a workdir's run used (``data.tokenizer_dir``, ``pretrained/tokenizer``
+  or the demo set's ``workdir/demo_data/tokenizer``), resolved like the config's other paths."""
+  folder = resolve_path(models_lib.tokenizer_dir(config), workdir)
   fallback = os.path.join(workdir, "demo_data", "tokenizer")
   if (not folder or not os.path.isdir(folder)) and os.path.isdir(fallback):
     folder = fallback
@@ -158,7 +160,11 @@ def _workdir_tokenizer(config, workdir: str) -> CLIPTokenizer:
     raise SourceError(f"{workdir}: the tokenizer folder of its config "
                       f"(data.tokenizer_dir={config.data.tokenizer_dir!r}, pretrained="
                       f"{config.pretrained!r}) does not exist")
-  return CLIPTokenizer.from_folder(folder)
+  return folder
+
+
+def _workdir_tokenizer(config, workdir: str) -> CLIPTokenizer:
+  return CLIPTokenizer.from_folder(workdir_tokenizer_folder(config, workdir))
 
 
 def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
@@ -174,9 +180,9 @@ def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
       config.dtype = dtype
     if attention is not None:
       config.attention = attention
-    config.pretrained = _resolve(config.pretrained, workdir)
+    config.pretrained = resolve_path(config.pretrained, workdir)
     if "vae_pretrained" in config:
-      config.vae_pretrained = _resolve(config.vae_pretrained, workdir)
+      config.vae_pretrained = resolve_path(config.vae_pretrained, workdir)
   chosen = choose_step(workdir, step)
   name = "ema_params" if ema else "params"
   restored = restore_arrays(workdir, chosen, (name,))[name]
