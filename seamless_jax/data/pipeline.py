@@ -29,17 +29,21 @@ Iterator state: ``it = iter(ds)`` is a ``grain.DatasetIterator`` with ``get_stat
 the same config, seed, shard and batch size.
 
 Bad data: undecodable/truncated/unreadable images, missing captions and images with shorter side
-< ``data.min_side`` are skipped, logged (absl, warning with file name and reason) and counted in
-``num_skipped``. When more than ``data.max_bad_fraction`` of the records a process has read are
-bad (checked after ``data.bad_check_min_records`` records and at the end of finite data), a
-``BadDataError`` names the most recent bad files; from a worker process Grain re-raises it in
-the training process.
+< ``data.min_side`` are skipped, logged (absl, warning with file name and reason, once per file)
+and counted in ``num_skipped``. When more than ``data.max_bad_fraction`` of the records a process
+has read are bad (checked after ``data.bad_check_min_records`` records and at the end of finite
+data), a ``BadDataError`` lists each bad file once (the first 50); from a worker process Grain
+re-raises it in the training process.
+
+Worker processes ignore SIGINT: a Ctrl-C in the terminal reaches the whole process group, and
+the training process (not the workers) decides how to stop.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import signal
 from typing import Any
 
 import grain
@@ -52,7 +56,7 @@ from seamless_jax.data import sources as sources_lib
 from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.data.transforms import BadRecord, ExamplePreparer
 
-_RECENT = 10  # bad file names kept for error messages
+_LISTED = 50  # distinct bad files kept (name: reason) for the error message
 
 
 class BadDataError(RuntimeError):
@@ -69,16 +73,18 @@ class _SkipBadIterator(grain.DatasetIterator):
     self._seen = 0
     self._bad = 0
     self._pending = 0
-    self._recent = collections.deque(maxlen=_RECENT)
+    self._bad_files = collections.OrderedDict()  # name -> reason, each file once (repeats of
+    # a file in later epochs are counted in _bad but neither listed nor logged again)
 
   def _check(self, at_end: bool) -> None:
     if self._seen == 0 or (self._seen < self._min_records and not at_end):
       return
     if self._bad / self._seen > self._max_fraction:
-      listing = "\n  ".join(self._recent)
+      listing = "\n  ".join(f"{name}: {reason}" for name, reason in self._bad_files.items())
+      more = " (the first ones)" if len(self._bad_files) >= _LISTED else ""
       raise BadDataError(
           f"{self._bad} of {self._seen} records were bad (> data.max_bad_fraction="
-          f"{self._max_fraction}). Latest:\n  {listing}")
+          f"{self._max_fraction}). Bad files{more}, each once:\n  {listing}")
 
   def __next__(self) -> dict[str, Any]:
     while True:
@@ -91,9 +97,11 @@ class _SkipBadIterator(grain.DatasetIterator):
       if isinstance(element, BadRecord):
         self._bad += 1
         self._pending += 1
-        self._recent.append(f"{element.name}: {element.reason}")
-        logging.warning("data: skipped %s (%s); %d bad of %d read by pid %d",
-                        element.name, element.reason, self._bad, self._seen, os.getpid())
+        if element.name not in self._bad_files:
+          if len(self._bad_files) < _LISTED:
+            self._bad_files[element.name] = element.reason
+          logging.warning("data: skipped %s (%s); %d bad of %d read by pid %d",
+                          element.name, element.reason, self._bad, self._seen, os.getpid())
         self._check(at_end=False)
         continue
       element = dict(element, num_skipped=np.int32(self._pending))
@@ -102,12 +110,16 @@ class _SkipBadIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict[str, Any]:
     return {"parent": self._parent.get_state(), "seen": self._seen, "bad": self._bad,
-            "pending": self._pending, "recent": list(self._recent)}
+            "pending": self._pending,
+            "recent": [f"{name}: {reason}" for name, reason in self._bad_files.items()]}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self._seen, self._bad, self._pending = state["seen"], state["bad"], state["pending"]
-    self._recent = collections.deque(state["recent"], maxlen=_RECENT)
+    self._bad_files = collections.OrderedDict()
+    for entry in state["recent"]:  # "name: reason" (earlier versions kept repeats)
+      name, _, reason = entry.partition(": ")
+      self._bad_files.setdefault(name, reason)
 
 
 class _SkipBadIterDataset(grain.IterDataset):
@@ -119,6 +131,11 @@ class _SkipBadIterDataset(grain.IterDataset):
 
   def __iter__(self):
     return _SkipBadIterator(self._parent.__iter__(), self._max_fraction, self._min_records)
+
+
+def _ignore_sigint(worker_index: int, worker_count: int) -> None:  # pylint: disable=unused-argument
+  """Grain worker start-up: Ctrl-C is the training process's to handle (it saves first)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def validate_config(data_config) -> None:
@@ -193,9 +210,10 @@ def make_dataset(
   if int(data_config.worker_count) > 0:
     if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside absl.app use defaults
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(data_config.worker_count),
-        per_worker_buffer_size=int(data_config.worker_buffer_size)))
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=int(data_config.worker_count),
+                                     per_worker_buffer_size=int(data_config.worker_buffer_size)),
+        worker_init_fn=_ignore_sigint)
   return ds
 
 

@@ -1,11 +1,15 @@
 """Validates a training config before anything is built; errors name the field at fault.
 
-``config_flags`` already rejects unknown ``--config.x=...`` overrides; this checks the values.
+``config_flags`` already rejects unknown ``--config.x=...`` overrides (``main.py`` turns that into
+one line); :func:`validate` checks the values, :func:`check_paths` the folders the run reads.
+Both raise :class:`ConfigError` with a one-line message that names ``config.<field>``.
 """
 
 from __future__ import annotations
 
 import os
+
+from seamless_jax.train import models as models_lib
 
 MODES = ("vae_finetune", "two_step", "standard")
 CHOICES = {
@@ -14,12 +18,23 @@ CHOICES = {
     "dtype": ("bfloat16", "float32", "float16"),
     "parallelism": ("jit", "shard_map"),
     "lr_schedule": ("cosine", "constant"),
-    "attention": ("", "xla", "cudnn"),
+    "attention": ("", "xla", "cudnn", "pallas"),
     "two_step.second_t": ("prev", "same"),
     "two_step.keep_method": ("nearest", "nearest_corner", "area", "min", "max"),
 }
 POSITIVE = ("batch_size", "total_steps", "grad_accum_steps", "log_every", "keep_checkpoints",
             "max_nonfinite_steps", "sample.num_images", "sample.num_inference_steps")
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder")  # of a diffusers SD-1.5 folder we read
+
+
+class ConfigError(ValueError):
+  """A config value the user has to change; the message is one line naming the field."""
+
+
+class ConfigPathError(ConfigError, FileNotFoundError):
+  """A config field names a file or folder that is missing or is not what it should be."""
+
+
 NON_NEGATIVE = ("learning_rate", "warmup_steps", "max_grad_norm", "weight_decay",
                 "checkpoint_every", "sample_every", "two_step.weight", "two_step.stride",
                 "two_step.min_t", "stop_at_step", "fsdp_min_size")
@@ -33,48 +48,85 @@ def _get(config, dotted: str):
 
 
 def validate(config, num_devices: int | None = None) -> None:
-  """Raises ``ValueError`` (or ``FileNotFoundError``) naming ``config.<field>``."""
+  """Raises :class:`ConfigError` (:class:`ConfigPathError` for paths) naming the field."""
   for field, choices in CHOICES.items():
     value = _get(config, field)
     if value not in choices:
-      raise ValueError(f"config.{field}={value!r} is not one of {list(choices)}")
+      raise ConfigError(f"config.{field}={value!r} is not one of {list(choices)}")
   for field in POSITIVE:
     if _get(config, field) <= 0:
-      raise ValueError(f"config.{field} must be > 0, got {_get(config, field)!r}")
+      raise ConfigError(f"config.{field} must be > 0, got {_get(config, field)!r}")
   for field in NON_NEGATIVE:
     if _get(config, field) < 0:
-      raise ValueError(f"config.{field} must be >= 0, got {_get(config, field)!r}")
+      raise ConfigError(f"config.{field} must be >= 0, got {_get(config, field)!r}")
   if not 0.0 <= config.ema_decay < 1.0:
-    raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay!r}")
+    raise ConfigError(f"config.ema_decay must be in [0, 1), got {config.ema_decay!r}")
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                     f"config.grad_accum_steps={config.grad_accum_steps}")
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by "
+                      f"config.grad_accum_steps={config.grad_accum_steps}")
   if num_devices is not None:
     micro = config.batch_size // config.grad_accum_steps
     if micro % num_devices:
-      raise ValueError(f"config.batch_size / config.grad_accum_steps = {micro} is not divisible "
-                       f"by the {num_devices} devices")
+      raise ConfigError(f"config.batch_size / config.grad_accum_steps = {micro} is not divisible "
+                        f"by the {num_devices} devices")
   if config.model == "sd15":
     if not config.pretrained:
-      raise ValueError("config.pretrained must name an SD-1.5 diffusers folder for "
-                       "config.model='sd15' (or use a ':tiny'/':demo' config variant)")
+      raise ConfigError("config.pretrained must name an SD-1.5 diffusers folder for "
+                        "config.model='sd15' (or use a ':tiny'/':demo' config variant)")
     if not os.path.isdir(config.pretrained):
-      raise FileNotFoundError(f"config.pretrained={config.pretrained!r} is not a folder")
+      raise ConfigPathError(f"config.pretrained={config.pretrained!r} is not a folder")
+    needed = [sub for sub in SD_SUBFOLDERS if sub != "unet" or config.mode != "vae_finetune"]
+    missing = [sub for sub in needed if not os.path.isdir(os.path.join(config.pretrained, sub))]
+    if missing:
+      raise ConfigPathError(
+          f"config.pretrained={config.pretrained!r} is a folder but not a diffusers SD-1.5 "
+          f"folder: it has no {'/, '.join(missing)}/ (expected unet/ vae/ text_encoder/ "
+          f"tokenizer/, e.g. a download of stable-diffusion-v1-5)")
   if config.mode == "vae_finetune":
     if config.vae.lpips_weight > 0 and not config.vae.lpips_path:
-      raise ValueError("config.vae.lpips_weight > 0 needs config.vae.lpips_path (converted "
-                       "LPIPS weights, tools/convert_lpips.py); set lpips_weight=0 to train "
-                       "without LPIPS")
+      raise ConfigError("config.vae.lpips_weight > 0 needs config.vae.lpips_path (converted "
+                        "LPIPS weights, tools/convert_lpips.py); set lpips_weight=0 to train "
+                        "without LPIPS")
     if config.vae.lpips_path and not os.path.isfile(config.vae.lpips_path):
-      raise FileNotFoundError(f"config.vae.lpips_path={config.vae.lpips_path!r} does not exist")
+      raise ConfigPathError(f"config.vae.lpips_path={config.vae.lpips_path!r} does not exist")
     if config.parallelism == "shard_map":
-      raise ValueError("config.parallelism='shard_map' supports the diffusion modes only; the "
-                       "VAE discriminator uses whole-batch statistics: use 'jit'")
+      raise ConfigError("config.parallelism='shard_map' supports the diffusion modes only; the "
+                        "VAE discriminator uses whole-batch statistics: use 'jit'")
   if config.mode == "two_step" and config.two_step.second_t == "prev":
     lowest = config.two_step.stride + config.two_step.min_t
     if lowest >= config.schedule.num_train_timesteps:
-      raise ValueError(f"config.two_step.stride + config.two_step.min_t = {lowest} leaves no "
-                       f"timestep below {config.schedule.num_train_timesteps}")
+      raise ConfigError(f"config.two_step.stride + config.two_step.min_t = {lowest} leaves no "
+                        f"timestep below {config.schedule.num_train_timesteps}")
   if not config.data.path and not config.demo_data and config.data.source != "tfds":
-    raise ValueError("config.data.path is empty: point it at the training data "
-                     "(or set config.demo_data=True for the bundled demo photos)")
+    raise ConfigError("config.data.path is empty: point it at the training data "
+                      "(or set config.demo_data=True for the bundled demo photos)")
+
+
+def check_paths(config) -> None:
+  """The data and tokenizer folders exist (local paths; demo data is written later).
+
+  Raises :class:`ConfigPathError` naming the field, with the flag to set when one is missing.
+  """
+  data = config.data
+  if config.demo_data and not data.path:
+    return  # written to WORKDIR/demo_data with its tokenizer on first use
+  if data.source == "folder" and data.path and "://" not in data.path:
+    if not os.path.isdir(data.path):
+      raise ConfigPathError(f"config.data.path={data.path!r} is not a folder")
+  tokenizer = models_lib.tokenizer_dir(config)
+  if tokenizer and os.path.isdir(tokenizer):
+    return
+  if data.tokenizer_dir:
+    raise ConfigPathError(f"config.data.tokenizer_dir={data.tokenizer_dir!r} is not a folder "
+                          "(a CLIP tokenizer folder with vocab.json and merges.txt)")
+  if tokenizer:  # <pretrained>/tokenizer is missing
+    raise ConfigPathError(f"config.pretrained={config.pretrained!r} has no tokenizer/ folder: "
+                          "set --config.data.tokenizer_dir=DIR (vocab.json + merges.txt)")
+  candidate = os.path.join(data.path, "tokenizer") if data.path else ""
+  where = (f"config.data.path={data.path!r} has no tokenizer/ folder" if data.path
+           else "config.data.path is empty")
+  if candidate and os.path.isdir(candidate):
+    where = f"config.data.path={data.path!r} has one in tokenizer/"
+  raise ConfigPathError(f"config.data.tokenizer_dir is not set and {where}: set "
+                        "--config.data.tokenizer_dir=DIR (a CLIP tokenizer folder with vocab.json "
+                        "and merges.txt, e.g. <SD-1.5 folder>/tokenizer)")

@@ -2,13 +2,16 @@
 
 Only process 0 writes files. Every ``log_every`` steps the loop passes averaged scalars to
 :meth:`MetricWriter.write`, which also prints one progress line
-``step 120/1000 (12.0%) loss 0.1234 ... 3.1 steps/s ETA 0:04:44``.
+``step 120/1000 (12.0%) loss 0.1234 ... 3.1 steps/s ETA 0:04:44`` (plus ``data skipped N`` once
+bad records were skipped). :func:`quiet_library_logs` keeps orbax's internal INFO lines (temporary
+folders, throughput, renames) off the console at the default verbosity.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging as py_logging
 import os
 import time
 
@@ -16,6 +19,26 @@ import jax
 import numpy as np
 from absl import logging
 from PIL import Image
+
+
+QUIET_PACKAGES = ("orbax",)  # their INFO lines are internals; warnings and errors still show
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+  """Drops INFO (and lower) records logged from inside ``QUIET_PACKAGES`` unless ``-v 1``+."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING or logging.get_verbosity() > logging.INFO:
+      return True
+    path = record.pathname.replace(os.sep, "/")
+    return not any(f"/{package}/" in path for package in QUIET_PACKAGES)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter on absl's handler (idempotent); ``--verbosity=1`` shows everything."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
 
 
 class MetricWriter:
@@ -69,6 +92,8 @@ def progress_line(step: int, total: int, scalars: dict[str, float]) -> str:
     parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
   if scalars.get("skipped_total"):
     parts.append(f"skipped {int(scalars['skipped_total'])}")
+  if scalars.get("data_skipped"):
+    parts.append(f"data skipped {int(scalars['data_skipped'])}")
   return " | ".join(parts)
 
 

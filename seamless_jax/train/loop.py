@@ -2,7 +2,14 @@
 
 Sections: setup (mesh, data, models, state) -> restore -> compile -> train -> final save.
 Resuming is automatic: when ``workdir/checkpoints`` holds a checkpoint the state (params,
-optimizer, EMA, step, RNG, skip counters) and the Grain iterator continue from it.
+optimizer, EMA, step, RNG, skip counters) and the Grain iterator continue from the newest one
+that restores (damaged newer steps are moved to ``checkpoints/damaged/``). The config is checked
+before the workdir is created, and a workdir whose checkpoints already reach the end returns
+before anything is built.
+
+Stopping early: SIGTERM, the first Ctrl-C, ``stop_at_step`` and a tripped ``data.max_bad_fraction``
+save a checkpoint at the current step first. Every process takes the same decision at the same
+step (:func:`checkpoint.any_process`), so none enters a collective step the others skip.
 """
 
 from __future__ import annotations
@@ -199,11 +206,48 @@ def _mean_metrics(history: list[dict]) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains ``config.mode`` in ``workdir`` (resuming from its latest checkpoint).
+  """Trains ``config.mode`` in ``workdir`` (resuming from its latest intact checkpoint).
 
-  Returns the last logged metrics (a dict of floats) and ``step``.
+  Returns the last logged metrics (a dict of floats), ``step`` and ``stopped``: '' when the run
+  reached ``total_steps``/``stop_at_step`` (or had nothing left to do), 'signal' after SIGTERM /
+  Ctrl-C. Raises ``config_check.ConfigError`` (before creating the workdir),
+  ``checkpoint.CheckpointError`` when no checkpoint restores, ``pipeline.BadDataError`` (after
+  saving) when ``data.max_bad_fraction`` trips, :class:`NonFiniteError`.
   """
+  config_check.validate(config)  # before anything is written: a typo leaves no workdir behind
+  config_check.check_paths(config)
+  done = _finished_step(config, workdir)
+  if done is not None:
+    return {"step": done, "stopped": ""}
   os.makedirs(workdir, exist_ok=True)
+  stop_signal = ckpt_lib.StopSignal()  # from here on SIGTERM / Ctrl-C save before stopping
+  try:
+    return _train(config, workdir, stop_signal)
+  finally:
+    stop_signal.close()
+
+
+def _finished_step(config, workdir: str) -> int | None:
+  """The newest saved step when it already reaches the end of the run, else None.
+
+  Reads only the checkpoint folder names, so a finished run returns in seconds instead of
+  building models and compiling first.
+  """
+  steps = ckpt_lib.saved_steps(workdir)
+  end = int(config.total_steps)
+  if int(config.stop_at_step):
+    end = min(end, int(config.stop_at_step))
+  if not steps or steps[-1] < end:
+    return None
+  logging.info("nothing to do: %s holds step %d, the end of this run (config.total_steps=%d, "
+               "config.stop_at_step=%d); raise --config.total_steps to train longer",
+               ckpt_lib.checkpoint_dir(workdir), steps[-1], int(config.total_steps),
+               int(config.stop_at_step))
+  return steps[-1]
+
+
+def _train(config, workdir: str, stop_signal) -> dict:
+  """:func:`train_and_evaluate` after the checks, with the stop-signal handlers installed."""
   # ------------------------------------------------------------------ setup
   trainer = setup(config, workdir)
   mesh, state = trainer.mesh, trainer.state
@@ -223,17 +267,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   # ------------------------------------------------------------------ restore
-  latest = checkpointer.latest_step()
-  if latest is not None:
+  if checkpointer.all_steps():
     target = state_lib.abstract_with_shardings(state, trainer.state_shardings)
     del state, trainer.state  # free the fresh state before the restored one arrives
-    state = checkpointer.restore(latest, target, data_iter)
+    try:  # the newest step that restores; damaged newer ones are moved aside
+      _, state = checkpointer.restore_latest(target, data_iter)
+    except ckpt_lib.CheckpointError:
+      checkpointer.close()
+      writer.close()
+      raise
   step = int(jax.device_get(state.step))
-  if step >= int(config.total_steps):
-    logging.info("nothing to do: checkpoint step %d >= total_steps", step)
+  stopped = "signal" if ckpt_lib.any_process(stop_signal.requested)[0] else ""
+  if step >= int(config.total_steps) or stopped:
+    logging.info("stopping at step %d before compiling (%s)", step,
+                 "stop signal" if stopped else f"config.total_steps={config.total_steps}")
     checkpointer.close()
     writer.close()
-    return {"step": step}
+    return {"step": step, "stopped": stopped}
 
   # ------------------------------------------------------------------ compile
   t0 = time.perf_counter()
@@ -247,15 +297,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sampler = Sampler(trainer, workdir) if int(config.sample_every) > 0 else None
 
   # ------------------------------------------------------------------ train
-  preemption = ckpt_lib.PreemptionSignal()
   history, pending, last = [], None, {"step": step}
-  data_skipped = 0
+  data_skipped, data_error, stopped = 0, None, ""
   window_start, window_steps, pause = time.perf_counter(), 0, 0.0
   total = int(config.total_steps)
   stop_at = int(config.stop_at_step) or total
   try:
     while step < min(total, stop_at):
-      batch = next(data_iter)
+      data_state = data_iter.get_state()
+      try:
+        batch = next(data_iter)
+      except pipeline.BadDataError as e:  # saved below, then raised
+        batch, data_error = None, e
+      # One agreed decision per step: no process may start a step another one skips.
+      signal_stop, data_stop = ckpt_lib.any_process(
+          stop_signal.requested or (jax.process_count() > 1
+                                    and checkpointer.manager.reached_preemption(step)),
+          data_error is not None)
+      if signal_stop or data_stop:
+        data_iter.set_state(data_state)  # this step's batch was not trained on
+        stopped = "bad_data" if data_stop else "signal"
+        logging.warning("stopping at step %d (%s): saving a checkpoint", step,
+                        "data.max_bad_fraction exceeded" if data_stop else "stop signal")
+        break
       data_skipped += int(np.sum(batch.get("num_skipped", 0)))
       state, metrics = compiled(state, trainer.frozen, global_batch_arrays(batch, mesh))
       step += 1
@@ -296,22 +360,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         else:
           checkpointer.save(step, state, data_iter)
       pause += time.perf_counter() - t_pause
-
-      preempted = preemption.requested or (
-          jax.process_count() > 1 and checkpointer.manager.reached_preemption(step))
-      if preempted:
-        logging.warning("preempted at step %d: saving and exiting", step)
-        break
     if pending is not None:
       _check_finite(jax.device_get(pending), config, checkpointer)
     # ---------------------------------------------------------------- final save
     if checkpointer.latest_step() != step:
       checkpointer.save(step, state, data_iter, force=True)
+    if stopped == "bad_data":
+      checkpointer.wait()
+      reason = (str(data_error) if data_error is not None else
+                "another process exceeded data.max_bad_fraction (its log lists the files)")
+      raise pipeline.BadDataError(
+          f"stopped at step {step}, saved in {checkpointer.directory}; rerun to resume once the "
+          f"data is fixed. {reason}")
   finally:
-    preemption.close()
     checkpointer.close()
     writer.close()
-  last["step"] = step
+  last.update(step=step, stopped=stopped)
   return last
 
 
