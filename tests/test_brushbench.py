@@ -127,26 +127,29 @@ def test_score_a_folder_writes_the_table(bench, tmp_path):
 class FakeInpainter:
   """Stands in for seamless_jax.inpaint.Inpainter: records calls, returns the masked source."""
 
-  def __init__(self):
+  def __init__(self, refuse_image=None):
     self.calls = []
+    self.refuse_image = refuse_image  # a source image the pipe refuses, like an InputError
 
-  def batch(self, images, masks, prompts, **kwargs):
-    self.calls.append(dict(n=len(images), masks=masks, prompts=prompts, **kwargs))
+  def batch(self, images, masks, prompts, negative_prompts="", *, seed, **kwargs):
+    self.calls.append(dict(n=len(images), masks=masks, prompts=prompts, seed=seed, **kwargs))
     for image, mask in zip(images, masks):
       assert image.shape == (SIZE, SIZE, 3) and mask.dtype == np.uint8
       assert set(np.unique(mask)) <= {0, 255}
+      if self.refuse_image is not None and np.array_equal(image, self.refuse_image):
+        raise ValueError("mask 1: the hole vanishes at latent size")
     return [np.where(m[..., None] > 127, 0, im).astype(np.uint8) for im, m in zip(images, masks)]
 
 
 def test_generation_is_resumable(bench, tmp_path, monkeypatch):
-  fake = FakeInpainter()
-  monkeypatch.setattr(brushbench, "_load_inpainter", lambda args: fake)
+  fake, loads = FakeInpainter(), []
+  monkeypatch.setattr(brushbench, "_load_inpainter", lambda args: loads.append(1) or fake)
   out = str(tmp_path / "ours")
   argv = ["--bench", bench, "--out", out, "--model", "unused", "--batch-size", "3",
           "--tasks", "inpaint", "--seed", "5"]
   brushbench.main(argv)
   assert [c["n"] for c in fake.calls] == [3, 1]
-  assert [c["seed"] for c in fake.calls] == [5, 8]  # seed + index of the batch's first entry
+  assert [c["seed"] for c in fake.calls] == [[5, 6, 7], [8]]  # seed + index in the benchmark
   assert fake.calls[0]["prompts"] == ["scenery"] * 3
   assert fake.calls[0]["num_inference_steps"] == 50 and fake.calls[0]["guidance_scale"] == 3.0
   entries = brushbench.load_benchmark(bench)
@@ -160,11 +163,25 @@ def test_generation_is_resumable(bench, tmp_path, monkeypatch):
                                 brushbench.load_rgb(entries[0].image_path)[~generate])
   fake.calls.clear()
   brushbench.main(argv)
-  assert fake.calls == []  # everything exists: nothing generated
+  assert fake.calls == [] and len(loads) == 1  # everything exists: the model is not even loaded
   os.remove(os.path.join(out, "inpaint", entries[2].stem + ".png"))
   brushbench.main(argv + ["--use-captions"])
-  assert [c["n"] for c in fake.calls] == [1] and fake.calls[0]["seed"] == 7
+  assert [c["n"] for c in fake.calls] == [1] and fake.calls[0]["seed"] == [7]
   assert fake.calls[0]["prompts"] == ["a photo number 2"]
+
+
+def test_refused_images_are_skipped_and_the_rest_generated(bench, tmp_path, monkeypatch):
+  entries = brushbench.load_benchmark(bench)
+  fake = FakeInpainter(refuse_image=brushbench.load_rgb(entries[1].image_path))
+  monkeypatch.setattr(brushbench, "_load_inpainter", lambda args: fake)
+  out = str(tmp_path / "ours")
+  text = brushbench.main(["--bench", bench, "--out", out, "--model", "unused", "--batch-size",
+                          "3", "--tasks", "outpaint"])
+  # the refused batch of 3 is retried image by image, then the last batch of 1
+  assert [c["n"] for c in fake.calls] == [3, 1, 1, 1, 1]
+  made = sorted(os.listdir(os.path.join(out, "outpaint")))
+  assert made == sorted(e.stem + ".png" for e in entries if e is not entries[1])
+  assert "| outpaint | 3 |" in text
 
 
 def test_cli_errors(bench, tmp_path):
@@ -202,3 +219,24 @@ def test_fid_and_aesthetic_columns_with_random_weights(bench, tmp_path):
   assert float(row["fid"]) > 0 and np.isfinite(float(row["as"]))
   per_image_as = [float(r["as"]) for r in _read_csv(os.path.join(out, "per_image.csv"))]
   assert float(row["as"]) == pytest.approx(np.mean(per_image_as))
+
+
+@pytest.mark.slow
+def test_generate_with_the_tiny_full_system(bench, tiny_workdirs, tmp_path, capsys):
+  """--model two_step workdir + --vae vae_finetune workdir (the paper's system), 2 DDIM steps."""
+  out = str(tmp_path / "ours")
+  argv = ["--bench", bench, "--out", out, "--model", tiny_workdirs["two_step"],
+          "--vae", tiny_workdirs["vae_finetune"], "--steps", "2", "--limit", "2",
+          "--paste-back", "--name", "tiny"]
+  text = brushbench.main(argv)
+  assert "| tiny | inpaint | 2 |" in text and "| tiny | outpaint | 2 |" in text
+  for entry in brushbench.load_benchmark(bench, limit=2):
+    source = brushbench.load_rgb(entry.image_path)
+    for task in brushbench.TASKS:
+      output = brushbench.load_rgb(os.path.join(out, task, entry.stem + ".png"))
+      keep = ~brushbench.load_mask(out, task, entry)
+      assert output.shape == source.shape
+      np.testing.assert_array_equal(output[keep], source[keep])  # --paste-back
+  capsys.readouterr()
+  brushbench.main(argv)  # resumed: everything exists
+  assert capsys.readouterr().out.count("nothing to generate") == 2

@@ -36,10 +36,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -187,18 +188,22 @@ def _chunks(items: list, size: int) -> Iterable[list]:
     yield items[start:start + size]
 
 
-def generate(pipe, entries: Sequence[Entry], tasks: Sequence[str], out: str, *,
+def generate(load_pipe: Callable, entries: Sequence[Entry], tasks: Sequence[str], out: str, *,
              prompt: str | None, negative_prompt: str, steps: int, guidance: float, seed: int,
              batch_size: int, paste_back: bool) -> int:
   """Runs ``pipe.batch`` on every entry without an output yet; returns how many it generated.
 
-  ``pipe`` follows :class:`seamless_jax.inpaint.Inpainter` (``batch(images, masks, prompts,
-  ...)``, masks uint8 white = generate). ``prompt=None`` uses each entry's caption. Batches hold
-  same-size images; a batch's seed is ``seed`` + the index of its first entry in the benchmark,
-  so a resumed run reproduces the images of batches that were not started.
+  ``load_pipe()`` is called once, only if something is left to generate; the pipe follows
+  :class:`seamless_jax.inpaint.Inpainter` (``batch(images, masks, prompts,
+  negative_prompts, seed=[...], ...)``, masks uint8 white = generate). ``prompt=None`` uses each
+  entry's caption. Batches hold same-size images; entry ``i`` of the benchmark gets the seed
+  ``seed + i`` (the Inpainter's results do not depend on batching), so a resumed run makes the
+  same images as an uninterrupted one. A batch the pipe refuses (``inpaint.InputError``, e.g. a
+  hole that vanishes at latent size) is retried image by image; refused images are reported
+  and skipped (they are then missing from the scores).
   """
   index_of = {entry.key: i for i, entry in enumerate(entries)}
-  made = 0
+  made, pipe = 0, None
   for task in tasks:
     pending = [e for e in entries if find_output(out, task, e) is None]
     if not pending:
@@ -208,23 +213,38 @@ def generate(pipe, entries: Sequence[Entry], tasks: Sequence[str], out: str, *,
     for entry in pending:
       with Image.open(entry.image_path) as image:  # reads the header only
         by_size.setdefault(image.size, []).append(entry)
+    pipe = pipe or load_pipe()
     for group in by_size.values():
       for batch in _chunks(group, batch_size):
         start = time.perf_counter()
         images = [load_rgb(e.image_path) for e in batch]
         masks = [load_mask(out, task, e).astype(np.uint8) * 255 for e in batch]
         prompts = [prompt if prompt is not None else e.caption for e in batch]
-        outputs = pipe.batch(images, masks, prompts,
-                             negative_prompt=negative_prompt, num_inference_steps=steps,
-                             guidance_scale=guidance, seed=seed + index_of[batch[0].key],
-                             paste_back=paste_back)
+        seeds = [seed + index_of[e.key] for e in batch]
+        run = functools.partial(pipe.batch, negative_prompts=negative_prompt,
+                                num_inference_steps=steps, guidance_scale=guidance,
+                                paste_back=paste_back)
+        try:
+          outputs = run(images, masks, prompts, seed=seeds)
+        except ValueError as err:  # inpaint.InputError: find the refused images one by one
+          print(f"[{task}] batch refused ({err}); retrying image by image")
+          outputs = []
+          for image, mask, text, entry_seed, entry in zip(images, masks, prompts, seeds, batch):
+            try:
+              outputs += run([image], [mask], [text], seed=[entry_seed])
+            except ValueError as single_err:
+              print(f"[{task}] skipped {entry.stem}: {single_err}")
+              outputs.append(None)
         if len(outputs) != len(batch):
           raise RuntimeError(f"pipe.batch returned {len(outputs)} images for {len(batch)} inputs")
+        done = 0
         for entry, output in zip(batch, outputs):
-          save_png(np.asarray(output, np.uint8), os.path.join(out, task, entry.stem + ".png"))
-        made += len(batch)
-        seconds = (time.perf_counter() - start) / len(batch)
-        print(f"[{task}] {made} new images, {seconds:.2f} s/image")
+          if output is not None:
+            save_png(np.asarray(output, np.uint8), os.path.join(out, task, entry.stem + ".png"))
+            done += 1
+        made += done
+        seconds = (time.perf_counter() - start) / max(done, 1)
+        print(f"[{task}] {made} new images, {seconds:.2f} s/image", flush=True)
   return made
 
 
@@ -399,7 +419,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--vae", help="VAE folder or vae_finetune workdir (Eq. 6 decoder)")
   parser.add_argument("--step", type=int, help="workdir checkpoint step (default: latest)")
   parser.add_argument("--no-ema", action="store_true", help="workdir: raw params, not EMA")
-  parser.add_argument("--dtype", default="float32", help="compute dtype for generation")
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype for generation (default: bfloat16 on GPU/TPU, float32 on CPU)")
   parser.add_argument("--name", default=None, help="method name in the table")
   parser.add_argument("--tasks", default="inpaint,outpaint", help="comma list of inpaint,outpaint")
   parser.add_argument("--limit", type=int, help="first N benchmark entries only")
@@ -447,7 +468,7 @@ def main(argv=None) -> str:
   prepare_masks(entries, args.tasks, args.out, args.hull_dilation)
   name = args.name or os.path.basename(os.path.normpath(args.model or args.images or args.out))
   if args.model:
-    generate(_load_inpainter(args), entries, args.tasks, args.out,
+    generate(lambda: _load_inpainter(args), entries, args.tasks, args.out,
              prompt=None if args.use_captions else args.prompt,
              negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
              seed=args.seed, batch_size=args.batch_size, paste_back=args.paste_back)
