@@ -36,6 +36,8 @@ EXTRAS_REQUIRE = {
     ],
     # FID (pytorch-fid's TF-Inception) and Aesthetic Score (transformers CLIP): seamless_jax.eval.
     "eval": ["pytorch-fid", "torch", "torchvision", "transformers"],
+    # Figures of the ablation report (seamless_jax.experiments.report).
+    "experiments": ["matplotlib"],
     "gpu": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
 }

@@ -70,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- VAE fine-tune (mode='vae_finetune')
   c.vae = ml_collections.ConfigDict()
   c.vae.train_encoder = False    # default: decoder + post_quant_conv only
+  c.vae.blend = True             # Eq. 6 blend; False: plain D(E(x)) (keep = 1 everywhere),
+                                 # e.g. to train a base VAE from scratch (experiments.ablation)
   c.vae.lpips_path = ""          # converted LPIPS safetensors (tools/convert_lpips.py)
   c.vae.lpips_weight = 1.0       # must be 0 when lpips_path is '' (no random-LPIPS surprise)
   c.vae.kl_weight = 1e-6

@@ -1,0 +1,1 @@
+"""Experiments that reproduce the paper's results (``python -m seamless_jax.experiments.ablation``)."""

@@ -1,0 +1,270 @@
+"""The paper's ablation (Table 4) end to end: train, fine-tune, evaluate, write the report.
+
+    python -m seamless_jax.experiments.ablation --scale small --workdir runs/ablation
+    python -m seamless_jax.experiments.ablation --scale smoke --workdir /tmp/ablation_smoke
+    python -m seamless_jax.experiments.ablation --scale sd15 --workdir runs/ablation_sd15 \\
+        --pretrained /ckpt/stable-diffusion-v1-5 --lpips /ckpt/lpips_vgg.safetensors \\
+        --data /data/laion --eval-images /data/brushbench/images
+
+Stages (each is skipped when its output exists, so a rerun resumes):
+  data       small scales: the bundled demo photos at ``resolution``, split into
+             ``data/train`` and the held-out ``data/eval`` (photos in ``scales.EVAL_PHOTOS``).
+  init       small scales: randomly initialised models (``scales.SMALL_*``) as a diffusers folder.
+  base_vae   small scales: VAE (encoder + decoder) from scratch, plain reconstruction D(E(x));
+             exported as ``base_vae/`` with the scaling factor 1/std of its latents.
+  base_unet  small scales: UNet from scratch, standard v-prediction objective, on base_vae's
+             latents; ``base/`` = base UNet + base VAE + text encoder (the "base model").
+             At ``sd15`` the base model is ``--pretrained``.
+  eq6_vae    Eq. 6 decoder fine-tune from the base (encoder frozen).
+  two_step   two-step UNet fine-tune (Alg. 1) from the base.
+  standard   standard v-prediction UNet fine-tune from the base, same steps and batch as
+             two_step: the "base" UNet of the comparison (equal training, only the loss differs).
+  eval       BLD on held-out images with inpaint and outpaint masks for the four combinations,
+             and the VAE-only measurement (``evaluate.py``); ``eval/results.json``.
+  report     ``<report>`` Markdown + PNG figures (``report.py``).
+Wall time per stage goes to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import jax
+import numpy as np
+
+from seamless_jax.experiments import scales as scales_lib
+
+TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "two_step", "standard")
+ALL_STAGES = ("data", "init") + TRAIN_STAGES + ("eval", "report")
+
+
+# ============================================================================ paths
+
+class Paths:
+  """Where each stage writes, under the experiment's workdir."""
+
+  def __init__(self, workdir: str, *, pretrained: str = "", data: str = "",
+               eval_images: str = ""):
+    self.root = os.path.abspath(workdir)
+    self.data_all = os.path.join(self.root, "data", "all")
+    self.train_data = data or os.path.join(self.root, "data", "train")
+    self.eval_images = eval_images or os.path.join(self.root, "data", "eval")
+    self.init = os.path.join(self.root, "init")
+    self.base_vae = os.path.join(self.root, "base_vae")
+    self.base = pretrained or os.path.join(self.root, "base")
+    self.eval = os.path.join(self.root, "eval")
+    self.timings = os.path.join(self.root, "timings.json")
+
+  def run(self, stage: str) -> str:
+    return os.path.join(self.root, "runs", stage)
+
+  def tokenizer(self) -> str:
+    for folder in (os.path.join(self.train_data, "tokenizer"),
+                   os.path.join(self.base, "tokenizer")):
+      if os.path.isdir(folder):
+        return folder
+    raise FileNotFoundError(f"no tokenizer: neither {self.train_data}/tokenizer nor "
+                            f"{self.base}/tokenizer exists")
+
+
+# ============================================================================ data + init
+
+def split_demo_data(paths: Paths, resolution: int) -> None:
+  """Demo photos at ``resolution`` -> ``data/train`` + held-out ``data/eval`` (image folders)."""
+  from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(paths.eval_images, "metadata.jsonl")):
+    return
+  demo.write_demo_dataset(paths.data_all, resolution=resolution)
+  with open(os.path.join(paths.data_all, "metadata.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  prefixes = tuple(name + "_" for name in scales_lib.EVAL_PHOTOS)
+  held_out = lambda row: row["file_name"].startswith(prefixes)
+  for folder, chosen in ((paths.train_data, [r for r in rows if not held_out(r)]),
+                         (paths.eval_images, [r for r in rows if held_out(r)])):
+    os.makedirs(folder, exist_ok=True)
+    for row in chosen:
+      shutil.copy(os.path.join(paths.data_all, row["file_name"]), folder)
+    shutil.copytree(os.path.join(paths.data_all, "tokenizer"), os.path.join(folder, "tokenizer"),
+                    dirs_exist_ok=True)
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(row) + "\n" for row in chosen)
+
+
+def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
+  """Randomly initialised VAE, UNet and text encoder of the scale as a diffusers folder."""
+  from seamless_jax import convert  # pylint: disable=import-outside-toplevel
+  from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
+  from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
+  from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(paths.init, "model_index.json")):
+    return
+  tokenizer = CLIPTokenizer.from_folder(paths.tokenizer())
+  unet_config = dict(scale.unet_config)
+  text_config = models_lib.tiny_text_config(tokenizer.vocab_size)
+  text_config["hidden_size"] = text_config["projection_dim"] = unet_config["cross_attention_dim"]
+  vae = AutoencoderKL.from_config(scale.vae_config)
+  unet = UNet2DConditionModel.from_config(unet_config)
+  text = CLIPTextModel.from_config(text_config)
+  k_vae, k_unet, k_text = jax.random.split(jax.random.PRNGKey(seed), 3)
+  init = lambda module, key: jax.tree.map(
+      np.asarray, jax.jit(module.init)(key, *module.dummy_inputs())["params"])
+  pipe = convert.Pipeline(unet, init(unet, k_unet), vae, init(vae, k_vae), text,
+                          init(text, k_text), None, {"prediction_type": "v_prediction"})
+  convert.save_pipeline(pipe, paths.init, tokenizer_folder=paths.tokenizer(),
+                        scheduler_overrides={"prediction_type": "v_prediction"})
+
+
+def latent_scaling_factor(vae, vae_params, image_folder: str, resolution: int,
+                          max_images: int = 32) -> float:
+  """1 / std of the VAE's latent means on ``image_folder`` (LDM's rule for ``scale_factor``)."""
+  from seamless_jax.experiments import evaluate  # pylint: disable=import-outside-toplevel
+  images = evaluate.read_eval_images(image_folder, resolution, max_images)
+  x = images.astype(np.float32) / 127.5 - 1.0
+  mean, _ = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))(vae_params, x)
+  return float(1.0 / np.std(np.asarray(mean)))
+
+
+def export_base_vae(paths: Paths, resolution: int) -> None:
+  """``runs/base_vae`` -> ``base_vae/`` (a VAE folder) with its measured scaling factor."""
+  from seamless_jax import convert, loading  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(paths.base_vae, "config.json")):
+    return
+  vae, params = loading.load_vae(paths.run("base_vae"), dtype="float32")
+  factor = latent_scaling_factor(vae, params, paths.train_data, resolution)
+  convert.save_vae(vae.clone(scaling_factor=factor), params, paths.base_vae)
+
+
+def export_base_model(paths: Paths) -> None:
+  """``runs/base_unet`` (+ its VAE and text encoder) -> ``base/`` diffusers folder."""
+  from seamless_jax import convert, loading  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(paths.base, "model_index.json")):
+    return
+  pipe = loading.load_pipeline(paths.run("base_unet"), dtype="float32")
+  convert.save_pipeline(pipe, paths.base, tokenizer_folder=paths.tokenizer(),
+                        scheduler_overrides={"prediction_type": "v_prediction"})
+
+
+# ============================================================================ training
+
+def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict:
+  """Runs one training stage (resumes / returns at once when already finished)."""
+  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
+  starts = {"base_vae": paths.init, "base_unet": paths.init}
+  config = scales_lib.stage_config(
+      scale, stage, configs_dir=args.configs or scales_lib.default_configs_dir(),
+      pretrained=starts.get(stage, paths.base), train_data=paths.train_data,
+      tokenizer_dir=paths.tokenizer(),
+      vae_pretrained=paths.base_vae if stage == "base_unet" else "",
+      lpips_path=args.lpips, seed=args.seed)
+  if args.steps:
+    config.total_steps = config.checkpoint_every = args.steps
+  return loop.train_and_evaluate(config, paths.run(stage))
+
+
+def _record_time(paths: Paths, stage: str, seconds: float) -> None:
+  timings = {}
+  if os.path.isfile(paths.timings):
+    with open(paths.timings, encoding="utf-8") as f:
+      timings = json.load(f)
+  timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
+  with open(paths.timings, "w", encoding="utf-8") as f:
+    json.dump(timings, f, indent=1)
+
+
+def hardware() -> str:
+  """One line: CPU model and count (or the accelerator), platform, jax version."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    name = platform.processor() or "CPU"
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8") as f:
+        name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+      pass
+    what = f"{name}, {os.cpu_count()} cores"
+  else:
+    what = f"{jax.device_count()} x {device.device_kind}"
+  return f"{what}; {platform.system()} {platform.release()}; jax {jax.__version__}"
+
+
+def run(args) -> None:
+  scale = scales_lib.get_scale(args.scale, eval_images=args.eval_count,
+                               num_inference_steps=args.inference_steps)
+  if scale.from_scratch and (args.pretrained or args.data):
+    raise ValueError(f"--scale={scale.name} trains from scratch on the demo photos; "
+                     "--pretrained/--data belong to --scale=sd15")
+  if not scale.from_scratch and not (args.pretrained and args.data and args.eval_images):
+    raise ValueError(f"--scale={scale.name} needs --pretrained (SD-1.5 diffusers folder), "
+                     "--data (training images) and --eval-images (held-out image folder)")
+  paths = Paths(args.workdir, pretrained=args.pretrained, data=args.data,
+                eval_images=args.eval_images)
+  os.makedirs(paths.root, exist_ok=True)
+  stages = args.stages.split(",") if args.stages else list(ALL_STAGES)
+  for stage in stages:
+    if stage not in ALL_STAGES:
+      raise ValueError(f"--stages: unknown stage {stage!r}; expected some of {ALL_STAGES}")
+  if not scale.from_scratch:
+    stages = [s for s in stages if s not in ("data", "init", "base_vae", "base_unet")]
+  with open(os.path.join(paths.root, "ablation_args.json"), "w", encoding="utf-8") as f:
+    json.dump({"argv": sys.argv, "scale": scale.name, "hardware": hardware()}, f, indent=1)
+  for stage in stages:
+    print(f"=== ablation stage {stage} ({scale.name})", flush=True)
+    start = time.time()
+    if stage == "data":
+      split_demo_data(paths, scale.resolution)
+    elif stage == "init":
+      write_init_folder(paths, scale, args.seed)
+    elif stage in TRAIN_STAGES:
+      train_stage(stage, scale, paths, args)
+      if stage == "base_vae":
+        export_base_vae(paths, scale.resolution)
+      elif stage == "base_unet":
+        export_base_model(paths)
+    elif stage == "eval":
+      from seamless_jax.experiments import evaluate  # pylint: disable=import-outside-toplevel
+      evaluate.evaluate_ablation(paths, scale, args)
+    elif stage == "report":
+      from seamless_jax.experiments import report  # pylint: disable=import-outside-toplevel
+      report.write_report(paths, scale, args.report)
+    elapsed = time.time() - start
+    if stage != "report":
+      _record_time(paths, stage, elapsed)
+    print(f"=== ablation stage {stage} done in {elapsed:.1f} s", flush=True)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--scale", required=True, choices=sorted(scales_lib.SCALES))
+  p.add_argument("--workdir", required=True, help="experiment folder (every stage writes here)")
+  p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(ALL_STAGES)}")
+  p.add_argument("--report", default="", help="Markdown report path (default WORKDIR/results.md)")
+  p.add_argument("--configs", default="", help="the checkout's configs/ folder (default: found)")
+  p.add_argument("--pretrained", default="", help="sd15: SD-1.5 diffusers folder (the base)")
+  p.add_argument("--data", default="", help="sd15: training data (image folder or ArrayRecord)")
+  p.add_argument("--eval-images", default="", help="sd15: held-out image folder to evaluate on")
+  p.add_argument("--lpips", default="", help="converted LPIPS safetensors (VAE loss, required "
+                                             "at sd15)")
+  p.add_argument("--fid-weights", default="", help="pytorch-fid Inception weights: adds FID")
+  p.add_argument("--clip", default="", help="CLIP ViT-L/14 folder (with --aesthetic-head): AS")
+  p.add_argument("--aesthetic-head", default="", help="LAION aesthetic linear head weights")
+  p.add_argument("--steps", type=int, default=0, help="override every stage's training steps")
+  p.add_argument("--eval-count", type=int, default=None, help="held-out images evaluated")
+  p.add_argument("--inference-steps", type=int, default=None, help="BLD steps (default 50)")
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  args.report = args.report or os.path.join(args.workdir, "results.md")
+  return args
+
+
+def main(argv=None) -> None:
+  run(parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()

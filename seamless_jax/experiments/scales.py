@@ -1,0 +1,208 @@
+"""Sizes and schedules of the ablation at each scale, and the training configs they give.
+
+A :class:`Scale` says how big the models are, how long each stage trains and how the evaluation
+samples. ``smoke`` (CI, 1-2 minutes) and ``small`` (64 px; 2-core CPU, about 15 minutes when
+idle) train a base VAE and a base UNet from scratch on the bundled demo photos; ``sd15``
+starts from a pretrained SD-1.5 diffusers folder with the paper's settings
+(``configs/*.py:sd15``).
+
+The training configs are the repository's mode configs (``configs/vae_finetune.py``,
+``configs/two_step.py``, ``configs/standard.py``) loaded by path, as ``seamless_jax.main`` does,
+with the scale's fields set on top (:func:`stage_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import ml_collections
+
+from seamless_jax.models import presets
+
+# The models trained from scratch at the small scales: the SD-1.5 layout (an f8 VAE with four
+# levels, a UNet with cross-attention) at a width a 2-core CPU trains in minutes.
+SMALL_VAE = {
+    **presets.SD15_VAE,
+    "block_out_channels": [16, 32, 64, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+}
+SMALL_UNET = {
+    **presets.SD15_UNET,
+    "sample_size": 8,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [64, 128, 128],
+    "layers_per_block": 1,
+    "attention_head_dim": 4,
+    "cross_attention_dim": 32,
+    "norm_num_groups": 16,
+}
+SMOKE_VAE = {**SMALL_VAE, "block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4,
+             "sample_size": 32}
+SMOKE_UNET = {**presets.TINY_UNET, "sample_size": 4}
+
+# Held-out photos of the demo set (all four variants of each): never trained on.
+EVAL_PHOTOS = ("coffee", "rocket", "chelsea")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """One scale of the ablation.
+
+  from_scratch: train the base VAE + base UNet (else the base is ``--pretrained``).
+  resolution: training and evaluation image side (px).
+  vae_config / unet_config: diffusers configs of the from-scratch models.
+  base_vae_steps, base_unet_steps: base training (from scratch only).
+  finetune_steps: Eq. 6 VAE, two-step UNet and standard UNet, each from the base (same steps
+    and batch for the UNet pair).
+  eval_images: held-out images evaluated (at most); eval_seeds: one BLD sample per seed, mask
+    and image; num_inference_steps / guidance_scale: BLD sampling (the paper: 50, 3).
+  vae_eval_seeds: mask seeds of the VAE-only measurement (Eq. 6 blend decoded by each decoder).
+  """
+  name: str
+  from_scratch: bool
+  resolution: int
+  vae_config: dict | None = None
+  unet_config: dict | None = None
+  base_vae_steps: int = 0
+  base_vae_batch: int = 8
+  base_vae_lr: float = 1e-3
+  base_unet_steps: int = 0
+  base_unet_batch: int = 16
+  base_unet_lr: float = 1e-3
+  finetune_steps: int = 0
+  vae_batch: int = 8
+  vae_lr: float = 1e-4
+  unet_batch: int = 16
+  unet_lr: float = 1e-4
+  log_every: int = 10
+  sample_every: int = 0
+  eval_images: int = 12
+  eval_seeds: tuple[int, ...] = (0, 1, 2)
+  num_inference_steps: int = 50
+  guidance_scale: float = 3.0
+  vae_eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+  dtype: str = "float32"
+
+
+SCALES = {
+    "smoke": Scale(
+        name="smoke", from_scratch=True, resolution=32, vae_config=SMOKE_VAE,
+        unet_config=SMOKE_UNET, base_vae_steps=4, base_vae_batch=4, base_unet_steps=4,
+        base_unet_batch=4, finetune_steps=3, vae_batch=4, unet_batch=4, log_every=1,
+        eval_images=2, eval_seeds=(0,), num_inference_steps=4, vae_eval_seeds=(0, 1)),
+    "small": Scale(
+        name="small", from_scratch=True, resolution=64, vae_config=SMALL_VAE,
+        unet_config=SMALL_UNET, base_vae_steps=400, base_vae_batch=8, base_vae_lr=1e-3,
+        base_unet_steps=800, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=200,
+        vae_batch=8, vae_lr=2e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=100,
+        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50),
+    "sd15": Scale(
+        name="sd15", from_scratch=False, resolution=512, finetune_steps=10_000, vae_batch=16,
+        vae_lr=4.5e-6, unet_batch=32, unet_lr=1e-5, log_every=50, sample_every=1000,
+        eval_images=600, eval_seeds=(0, 1, 2), num_inference_steps=50, dtype="bfloat16"),
+}
+
+
+def get_scale(name: str, **overrides) -> Scale:
+  """The named scale with ``overrides`` (field=value, ``None`` values ignored)."""
+  if name not in SCALES:
+    raise ValueError(f"--scale={name!r}: expected one of {sorted(SCALES)}")
+  return dataclasses.replace(SCALES[name],
+                             **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ============================================================================ configs
+
+def default_configs_dir() -> str:
+  """The checkout's ``configs/`` (under the working directory, else beside the package)."""
+  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for folder in (os.path.join(os.getcwd(), "configs"), os.path.join(here, "configs")):
+    if os.path.isfile(os.path.join(folder, "default.py")):
+      return folder
+  raise FileNotFoundError("no configs/ folder (run from the repository checkout or give "
+                          "--configs=DIR)")
+
+
+def load_mode_config(configs_dir: str, mode: str, variant: str) -> ml_collections.ConfigDict:
+  """``configs/<mode>.py`` -> ``get_config(variant)``, loaded by path like ``--config=`` does."""
+  path = os.path.join(configs_dir, f"{mode}.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such config file")
+  spec = importlib.util.spec_from_file_location(f"_ablation_config_{mode}", path)
+  module = importlib.util.module_from_spec(spec)
+  import sys  # pylint: disable=import-outside-toplevel
+  parent = os.path.dirname(os.path.abspath(configs_dir))
+  if parent not in sys.path:  # the mode configs import ``configs.default``
+    sys.path.insert(0, parent)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+# Stage name -> training mode.
+STAGE_MODES = {"base_vae": "vae_finetune", "base_unet": "standard", "eq6_vae": "vae_finetune",
+               "two_step": "two_step", "standard": "standard"}
+
+
+def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
+                 train_data: str, tokenizer_dir: str, vae_pretrained: str = "",
+                 lpips_path: str = "", seed: int = 0) -> ml_collections.ConfigDict:
+  """The training config of ``stage`` (a key of :data:`STAGE_MODES`) at ``scale``.
+
+  ``pretrained``: the diffusers folder the stage starts from (the random init for the base
+  stages, the base model for the fine-tunes, SD-1.5 at ``sd15``); ``vae_pretrained``: the VAE
+  the base UNet trains on. Small scales start from the ``:tiny`` variant (CPU settings) with the
+  scale's models, steps and learning rates; ``sd15`` keeps the paper's ``:sd15`` settings.
+  """
+  mode = STAGE_MODES[stage]
+  variant = "sd15" if scale.name == "sd15" else "tiny"
+  c = load_mode_config(configs_dir, mode, variant)
+  c.model = "sd15"  # = load every part from the diffusers folder ``pretrained``
+  c.pretrained = pretrained
+  c.vae_pretrained = vae_pretrained
+  c.seed = seed
+  c.dtype = scale.dtype
+  c.data.path = train_data
+  c.data.tokenizer_dir = tokenizer_dir
+  c.data.resolution = scale.resolution
+  c.data.min_side = min(int(c.data.min_side), scale.resolution)
+  c.log_every = scale.log_every
+  steps, batch, lr = {
+      "base_vae": (scale.base_vae_steps, scale.base_vae_batch, scale.base_vae_lr),
+      "base_unet": (scale.base_unet_steps, scale.base_unet_batch, scale.base_unet_lr),
+      "eq6_vae": (scale.finetune_steps, scale.vae_batch, scale.vae_lr),
+      "two_step": (scale.finetune_steps, scale.unet_batch, scale.unet_lr),
+      "standard": (scale.finetune_steps, scale.unet_batch, scale.unet_lr),
+  }[stage]
+  c.total_steps, c.batch_size, c.learning_rate = steps, batch, lr
+  c.checkpoint_every = steps
+  c.keep_checkpoints = 1
+  c.sample_every = scale.sample_every if stage in ("two_step", "standard") else 0
+  if scale.from_scratch:  # the default 8 px margin around salient pixels is large at 64 px
+    c.data.masks.saliency_margin = max(2, scale.resolution // 32)
+  if mode == "vae_finetune":
+    c.vae.lpips_path = lpips_path
+    if lpips_path:
+      c.vae.lpips_weight = 1.0
+    elif scale.name == "sd15":
+      raise ValueError("--lpips is required at --scale=sd15 (the SD-VAE recipe's LPIPS term)")
+    if scale.from_scratch:
+      c.vae.disc_factor = 0.0  # no PatchGAN at the small scales (L1 + KL only)
+      c.vae.disc_start = steps + 1
+  if stage == "base_vae":
+    c.vae.train_encoder = True  # from scratch: encoder and decoder
+    c.vae.blend = False         # plain reconstruction D(E(x)): the base VAE knows no blending
+    c.warmup_steps = min(50, steps // 10)
+  if scale.from_scratch:
+    c.ema_decay = 0.0 if mode == "vae_finetune" else 0.99
+    c.warmup_steps = min(int(c.warmup_steps), max(steps // 10, 1))
+    if stage == "base_unet":
+      c.lr_schedule = "cosine"
+      c.end_lr_factor = 0.1
+    c.sample.num_inference_steps = min(scale.num_inference_steps, 20)
+    c.sample.num_images = 4
+  return c
