@@ -131,11 +131,12 @@ def crop_around(image: np.ndarray, centre: tuple[int, int], size: int) -> np.nda
   return image[top:top + size, left:left + size]
 
 
-def outline(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
-  """``image`` with the mask border drawn in red and the hole darkened."""
+def outline(image: np.ndarray, keep: np.ndarray, darken: bool = True) -> np.ndarray:
+  """``image`` with the mask border drawn in red (and the hole darkened)."""
   out = image.astype(np.float32).copy()
   k = keep.astype(bool)
-  out[~k] *= 0.35
+  if darken:
+    out[~k] *= 0.35
   edge = np.zeros_like(k)
   edge[:-1] |= k[:-1] != k[1:]
   edge[:, :-1] |= k[:, :-1] != k[:, 1:]
@@ -159,7 +160,8 @@ def plot_closeups(truth, keep, columns: list[tuple[str, np.ndarray]], out_path: 
         (name, images[i]) for name, images in columns]
     for j, (name, image) in enumerate(panels):
       axes[2 * i, j].imshow(image)
-      axes[2 * i + 1, j].imshow(crop_around(image if j else truth[i], centre, zoom),
+      axes[2 * i + 1, j].imshow(crop_around(image if j else outline(truth[i], keep[i], False),
+                                            centre, zoom),
                                 interpolation="nearest")
       if i == 0:
         axes[0, j].set_title(name, fontsize=8)
