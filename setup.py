@@ -25,6 +25,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "diffusers>=0.30",
         "lpips",
+        "matplotlib",  # the notebooks (tests/test_notebooks.py executes them)
         "nbclient",
         "nbformat",
         "ipykernel",
@@ -36,6 +37,8 @@ EXTRAS_REQUIRE = {
     ],
     # FID (pytorch-fid's TF-Inception) and Aesthetic Score (transformers CLIP): seamless_jax.eval.
     "eval": ["pytorch-fid", "torch", "torchvision", "transformers"],
+    # notebooks/: figures, and train_tiny.ipynb runs its export in diffusers.
+    "notebooks": ["diffusers>=0.30", "ipykernel", "matplotlib", "torch", "transformers"],
     # Figures of the ablation report (seamless_jax.experiments.report).
     "experiments": ["matplotlib"],
     "gpu": ["jax[cuda12]"],

@@ -1,0 +1,48 @@
+"""README command 1 (``pip install -e .``) pulls no PyTorch, and training/inference never import it."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_STACK = ("torch", "torchvision", "diffusers", "transformers", "lpips", "pytorch-fid")
+# Everything a user runs without the [test]/[eval] extras: training, inference, loading, export.
+TORCH_FREE_MODULES = ("seamless_jax.main", "seamless_jax.train.loop", "seamless_jax.inpaint",
+                      "seamless_jax.loading", "seamless_jax.export", "seamless_jax.convert",
+                      "seamless_jax.data.prepare", "seamless_jax.data.demo",
+                      "seamless_jax.eval.metrics", "seamless_jax.diffusion.sampler")
+
+
+def _setup_lists() -> dict:
+  """The module-level list/dict literals of setup.py (INSTALL_REQUIRES, EXTRAS_REQUIRE)."""
+  with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+          if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+          and isinstance(node.value, (ast.List, ast.Dict))}
+
+
+def _name(requirement: str) -> str:
+  return re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_base_install_has_no_torch_stack_and_extras_do():
+  lists = _setup_lists()
+  base = {_name(r) for r in lists["INSTALL_REQUIRES"]}
+  assert base, "setup.py has no INSTALL_REQUIRES list"
+  assert not base & set(TORCH_STACK), sorted(base & set(TORCH_STACK))
+  extras = lists["EXTRAS_REQUIRE"]
+  for extra in ("test", "notebooks"):
+    names = {_name(r) for r in extras[extra]}
+    assert {"torch", "diffusers", "transformers", "matplotlib"} <= names, (extra, names)
+
+
+def test_training_inference_and_export_import_no_torch():
+  code = (f"import sys; import {', '.join(TORCH_FREE_MODULES)}; "
+          f"loaded = sorted(m for m in {TORCH_STACK!r} if m.replace('-', '_') in sys.modules); "
+          "assert not loaded, loaded")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
