@@ -1,20 +1,29 @@
 """Two-step train step: JAX (seamless_jax.train.steps) vs the same step in PyTorch/diffusers.
 
   python benchmarks/train_step.py --model=tiny --batch=8 --resolution=32
-  python benchmarks/train_step.py --model=sd15 --batch=1 --resolution=256   # 32x32 latents
+  python benchmarks/train_step.py --model=small --batch=2 --resolution=256 --steps=3
+  python benchmarks/train_step.py --model=sd15 --batch=8 --resolution=512 --dtype=bfloat16  # GPU
 
-Same batch (random images/masks/ids), same random init sizes, same run. Each step: frozen VAE
-encode of image and masked image, frozen text encoder, UNet twice (two-step loss with blending),
-backward, AdamW. Prints steps/s of both and their ratio; on an accelerator also the JAX MFU.
+Same batch (random images/masks/ids), same model sizes with random weights, same run. Each step:
+frozen VAE encode of image and masked image, frozen text encoder, UNet twice (two-step loss with
+blending), backward, clipping, AdamW (the JAX step also keeps an EMA). Prints phase times of the
+JAX side (set-up, lowering, compile), steps/s of both (median over ``--repeats`` timed windows),
+their ratio and the JAX MFU by the analytic FLOP count (:mod:`seamless_jax.train.flops`).
+
+The JAX side is built exactly as training builds it (``loop.setup`` + ``loop.compile_step``);
+``benchmarks/gpu_suite.py`` imports :func:`jax_step_benchmark` and :func:`torch_step_benchmark`.
+On a GPU the PyTorch peer runs bf16 autocast, SDPA attention and fused AdamW.
 """
+
+from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,27 +31,10 @@ sys.path.insert(0, ROOT)  # configs/
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # tiny.py: the tests' tiny configs
 
 import tiny  # pylint: disable=wrong-import-position
-from seamless_jax.models import presets
-from seamless_jax.train import loop
-from seamless_jax.train import sharding as shd
-
-
-def jax_steps_per_sec(config, batch, steps):
-  trainer = loop.setup(config)
-  compiled = trainer.step_fn.lower(trainer.state, trainer.frozen,
-                                   loop.abstract_batch(config, trainer.mesh)).compile()
-  flops = loop.compiled_flops(compiled)
-  b = shd.shard_batch(batch, trainer.mesh)
-  state, m = compiled(trainer.state, trainer.frozen, b)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, m = compiled(state, trainer.frozen, b)
-  jax.block_until_ready(m)
-  sps = steps / (time.perf_counter() - t)
-  peak = loop.peak_flops(config)
-  return sps, (flops * sps / peak if flops and peak else None)
-
+from seamless_jax.models import presets  # pylint: disable=wrong-import-position
+from seamless_jax.train import loop  # pylint: disable=wrong-import-position
+from seamless_jax.train import models as models_lib  # pylint: disable=wrong-import-position
+from seamless_jax.train import sharding as shd  # pylint: disable=wrong-import-position
 
 # UNet, VAE, text configs per --model. 'small' is SD-1.5's UNet at 1/5 of the width (35M params)
 # with the real-size frozen VAE and text encoder: big enough not to be dispatch-bound, small
@@ -55,35 +47,129 @@ MODEL_CONFIGS = {
 }
 
 
-def torch_steps_per_sec(model, batch, steps, stride=20, weight=0.5):
+def random_batch(batch: int, resolution: int, seed: int = 0) -> dict:
+  """Images in [-1, 1], a centre hole (keep = 0) and token ids, as host numpy."""
+  rng = np.random.default_rng(seed)
+  r = resolution
+  keep = np.ones((batch, r, r, 1), np.float32)
+  keep[:, r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 0
+  return {"image": rng.uniform(-1, 1, (batch, r, r, 3)).astype(np.float32), "keep": keep,
+          "input_ids": rng.integers(0, 990, (batch, 77)).astype(np.int32)}
+
+
+def bench_config(model: str, batch: int, resolution: int, dtype: str, data_dir: str,
+                 **overrides):
+  """The ``two_step:tiny`` config at this size; ``model != 'tiny'`` builds random models of that
+  size (:func:`random_models`), so no pretrained folder is needed."""
+  data_dir = tiny.write_tiny_data(data_dir, resolution=32)
+  config = tiny.tiny_config("two_step", data_dir, batch_size=batch, dtype=dtype, **overrides)
+  config.data.resolution = config.data.min_side = resolution
+  if model != "tiny":
+    config.fsdp_min_size = 2 ** 18
+  return config
+
+
+def random_models(model: str):
+  """``build_models`` replacement: modules of ``model``'s size, params left to the random init."""
+  from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
+
+  def build(cfg, vocab_size=None):
+    rt = models_lib.runtime_options(cfg)
+    unet_cfg, vae_cfg, text_cfg = MODEL_CONFIGS[model]
+    if model == "tiny":
+      text_cfg = models_lib.tiny_text_config(vocab_size)
+    return models_lib.Models(vae=AutoencoderKL.from_config(vae_cfg, remat=cfg.remat, **rt),
+                             text=CLIPTextModel.from_config(text_cfg, remat=cfg.remat, **rt),
+                             unet=UNet2DConditionModel.from_config(unet_cfg, remat=cfg.remat,
+                                                                   **rt))
+  return build
+
+
+def peak_memory_gb() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return peak / 2 ** 30 if peak else None
+
+
+def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
+                       build_models=None) -> dict:
+  """Phase times and throughput of the JAX step built as training builds it.
+
+  ``build_models``: replaces ``models.build_models`` (e.g. :func:`random_models`).
+
+  Returns ``setup_s`` (``loop.setup``: models, random init, optimizer, EMA), ``lower_s``,
+  ``compile_s``, ``first_step_s`` (set-up + lowering + compile + one step), ``steps_per_s``
+  (median of ``repeats`` windows of ``steps`` steps), ``flops`` per step (all devices),
+  ``mfu`` (None without a known peak), ``peak_gb``.
+  """
+  if build_models is not None:
+    loop.models_lib.build_models = build_models
+  t0 = time.perf_counter()
+  trainer = loop.setup(config)
+  jax.block_until_ready(trainer.state)
+  setup_s = time.perf_counter() - t0
+  compiled = loop.compile_step(trainer)
+  device_batch = shd.shard_batch(batch, trainer.mesh)
+  state, metrics = compiled(trainer.state, trainer.frozen, device_batch)
+  jax.block_until_ready(metrics)
+  first_step_s = time.perf_counter() - t0
+  rates = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, trainer.frozen, device_batch)
+    jax.block_until_ready(metrics)
+    rates.append(steps / (time.perf_counter() - t))
+  sps = statistics.median(rates)
+  flops_per_device = loop.compiled_flops(compiled, trainer.mesh.size)
+  peak = loop.peak_flops(config)
+  return {"setup_s": setup_s, "lower_s": compiled.lower_s, "compile_s": compiled.compile_s,
+          "first_step_s": first_step_s, "steps_per_s": sps, "rates": rates,
+          "flops": compiled.flops,
+          "mfu": flops_per_device * sps / peak if flops_per_device and peak else None,
+          "peak_gb": peak_memory_gb(), "loss": float(metrics["loss"])}
+
+
+def torch_step_benchmark(model: str, batch: dict, steps: int, repeats: int = 3,
+                         device: str = "cpu", bf16: bool = False, stride: int = 20,
+                         weight: float = 0.5) -> dict:
+  """The same two-step step with diffusers/transformers modules (no EMA).
+
+  ``device='cuda'``: fused AdamW; ``bf16``: autocast to bfloat16. Attention is diffusers'
+  default (``F.scaled_dot_product_attention``). Returns ``setup_s``, ``first_step_s``,
+  ``steps_per_s`` (median of ``repeats`` windows), ``peak_gb`` (CUDA only).
+  """
   import diffusers, torch, transformers  # pylint: disable=import-outside-toplevel,multiple-imports
+  t0 = time.perf_counter()
   torch.manual_seed(0)
   unet_cfg, vae_cfg, text_cfg = MODEL_CONFIGS[model]
-  text_cfg = dict(text_cfg)
-  unet = diffusers.UNet2DConditionModel(**unet_cfg).train()
-  vae = diffusers.AutoencoderKL(**vae_cfg).eval().requires_grad_(False)
-  text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_cfg)).eval()
-  text.requires_grad_(False)
-  opt = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+  unet = diffusers.UNet2DConditionModel(**unet_cfg).train().to(device)
+  vae = diffusers.AutoencoderKL(**vae_cfg).eval().requires_grad_(False).to(device)
+  text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**dict(text_cfg))).eval()
+  text = text.requires_grad_(False).to(device)
+  opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, fused=device == "cuda")
   sched = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                   beta_end=0.012)
-  ac = sched.alphas_cumprod.float()
-  image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)
-  keep = torch.from_numpy(batch["keep"]).permute(0, 3, 1, 2)
+  ac = sched.alphas_cumprod.float().to(device)
+  image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).to(device)
+  keep = torch.from_numpy(batch["keep"]).permute(0, 3, 1, 2).to(device)
   ids = torch.from_numpy(batch["input_ids"]).long().clamp(max=text_cfg["vocab_size"] - 1)
+  ids = ids.to(device)
+  autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
 
   def step():
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
       ctx = text(ids)[0]
-      lat = vae.encode(torch.cat([image, image * keep])).latent_dist.mean * 0.18215
+      lat = vae.encode(torch.cat([image, image * keep])).latent_dist.mean.float() * 0.18215
       z0, z0k = lat.chunk(2)
       kl = torch.nn.functional.interpolate(keep, size=z0.shape[-2:], mode="nearest")
-    t = torch.randint(stride, 1000, (z0.shape[0],))
+    t = torch.randint(stride, 1000, (z0.shape[0],), device=device)
     e1, e2 = torch.randn_like(z0), torch.randn_like(z0)
     a1 = ac[t].view(-1, 1, 1, 1)
     zt = a1.sqrt() * z0 + (1 - a1).sqrt() * e1
     v1 = a1.sqrt() * e1 - (1 - a1).sqrt() * z0
-    vp = unet(zt, t, ctx).sample
+    with autocast:
+      vp = unet(zt, t, ctx).sample.float()
     loss1 = ((vp - v1) ** 2).mean()
     z0h = (a1.sqrt() * zt - (1 - a1).sqrt() * vp).detach()
     z0h = z0h * (1 - kl) + z0k * kl
@@ -91,17 +177,33 @@ def torch_steps_per_sec(model, batch, steps, stride=20, weight=0.5):
     ztp = a2.sqrt() * z0h + (1 - a2).sqrt() * e2
     e2s = e2 + a2.sqrt() * (z0h - z0) / (1 - a2).sqrt()
     v2 = a2.sqrt() * e2s - (1 - a2).sqrt() * z0
-    loss = loss1 + weight * ((unet(ztp, t - stride, ctx).sample - v2) ** 2).mean()
-    opt.zero_grad()
+    with autocast:
+      v2p = unet(ztp, t - stride, ctx).sample.float()
+    loss = loss1 + weight * ((v2p - v2) ** 2).mean()
+    opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
     opt.step()
+    return loss
 
+  def sync():
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  setup_s = time.perf_counter() - t0
   step()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    step()
-  return steps / (time.perf_counter() - t0)
+  sync()
+  first_step_s = time.perf_counter() - t0
+  rates = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(steps):
+      step()
+    sync()
+    rates.append(steps / (time.perf_counter() - t))
+  peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None
+  return {"setup_s": setup_s, "first_step_s": first_step_s,
+          "steps_per_s": statistics.median(rates), "rates": rates, "peak_gb": peak}
 
 
 def main():
@@ -109,40 +211,34 @@ def main():
   parser.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--resolution", type=int, default=32)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+  parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
   parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--remat", action="store_true")
   parser.add_argument("--data_dir", default="/tmp/seamless_bench_data")
+  parser.add_argument("--cache_dir", default="none",
+                      help="persistent compilation cache ('none' = cold compile every run)")
   args = parser.parse_args()
-  data_dir = tiny.write_tiny_data(args.data_dir, resolution=max(args.resolution, 32))
-  config = tiny.tiny_config("two_step", data_dir, batch_size=args.batch, dtype=args.dtype)
-  config.data.resolution = config.data.min_side = args.resolution
-  if args.model != "tiny":
-    # Random models of --model's size: benchmark only (no pretrained folder needed).
-    from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
-
-    def random_models(cfg, vocab_size=None):
-      from seamless_jax.models import (AutoencoderKL, CLIPTextModel,  # pylint: disable=import-outside-toplevel
-                                       UNet2DConditionModel)
-      rt = models_lib.runtime_options(cfg)
-      unet_cfg, vae_cfg, text_cfg = MODEL_CONFIGS[args.model]
-      return models_lib.Models(
-          vae=AutoencoderKL.from_config(vae_cfg, **rt),
-          text=CLIPTextModel.from_config(text_cfg, **rt),
-          unet=UNet2DConditionModel.from_config(unet_cfg, **rt))
-    loop.models_lib.build_models = random_models
-    config.fsdp_min_size = 2 ** 18
-  rng = np.random.default_rng(0)
+  config = bench_config(args.model, args.batch, args.resolution, args.dtype, args.data_dir,
+                        remat=args.remat, compilation_cache_dir=args.cache_dir)
+  batch = random_batch(args.batch, args.resolution)
+  jx = jax_step_benchmark(config, batch, args.steps, args.repeats,
+                          build_models=random_models(args.model) if args.model != "tiny" else None)
+  on_gpu = jax.default_backend() == "gpu"
+  pt = torch_step_benchmark(args.model, batch, args.steps, args.repeats,
+                            device="cuda" if on_gpu else "cpu",
+                            bf16=args.dtype == "bfloat16" and on_gpu)
   r = args.resolution
-  keep = np.ones((args.batch, r, r, 1), np.float32)
-  keep[:, r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 0
-  batch = {"image": rng.uniform(-1, 1, (args.batch, r, r, 3)).astype(np.float32), "keep": keep,
-           "input_ids": rng.integers(0, 990, (args.batch, 77)).astype(np.int32)}
-  jax_sps, mfu = jax_steps_per_sec(config, batch, args.steps)
-  torch_sps = torch_steps_per_sec(args.model, batch, args.steps)
+  side = r // 2 ** (len(MODEL_CONFIGS[args.model][1]["block_out_channels"]) - 1)
   dev = jax.devices()[0]
-  print(f"| {args.model} | {args.batch} | {r}² ({r // 8}² latents) | {args.dtype} | "
-        f"{dev.device_kind} x{jax.device_count()} | {jax_sps:.3f} | {torch_sps:.3f} | "
-        f"{jax_sps / torch_sps:.2f}x | {'%.1f%%' % (100 * mfu) if mfu else 'n/a'} |")
+  print(f"JAX phases: set-up {jx['setup_s']:.1f}s, lowering {jx['lower_s']:.1f}s, compile "
+        f"{jx['compile_s']:.1f}s, first step after {jx['first_step_s']:.1f}s; "
+        f"{(jx['flops'] or 0) / 1e9:.1f} GFLOP/step; windows {np.round(jx['rates'], 3)} (JAX) "
+        f"{np.round(pt['rates'], 3)} (PyTorch)")
+  mfu = f"{100 * jx['mfu']:.1f}%" if jx["mfu"] else "n/a"
+  print(f"| {args.model} | {args.batch} | {r}² ({side}² latents) | {args.dtype} | "
+        f"{dev.device_kind} x{jax.device_count()} | {jx['steps_per_s']:.3f} | "
+        f"{pt['steps_per_s']:.3f} | {jx['steps_per_s'] / pt['steps_per_s']:.2f}x | {mfu} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,12 @@ def get_config() -> ml_collections.ConfigDict:
                                  # workdir (the Eq. 6 decoder: two-step samples/evals decode with it)
   c.dtype = "bfloat16"           # compute dtype: 'bfloat16' | 'float32' (params stay float32)
   c.remat = False                # rematerialise UNet/VAE blocks (memory for compute)
-  c.attention = ""               # '' (XLA chooses) | 'xla' | 'cudnn'
+  c.attention = ""               # '' (per call: cuDNN flash on GPU / Pallas flash on TPU where
+                                 # they apply, XLA elsewhere) | 'xla' | 'cudnn' | 'pallas'
+                                 # (seamless_jax/models/attention.py)
+  # --- compilation (seamless_jax/train/compilation.py)
+  c.compilation_cache_dir = ""   # persistent XLA cache; '' = WORKDIR/xla_cache, 'none' = off
+  c.compilation_cache_min_secs = 1.0  # only programs that took this long to compile are cached
   # --- optimisation
   c.batch_size = 32              # GLOBAL batch (all devices, all hosts)
   c.total_steps = 10_000

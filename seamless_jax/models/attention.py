@@ -1,13 +1,24 @@
 """Attention layers (NHWC images, (B,L,D) sequences) behind one kernel switch.
 
-All attention goes through `jax.nn.dot_product_attention`; its ``implementation``
-(None = let XLA choose, 'xla', 'cudnn') comes from the model config, so a GPU
-run can pick cuDNN flash attention and a CPU test the plain XLA path.
+All attention goes through :func:`attend`, which picks the kernel per call with
+:func:`select_implementation` (a pure function of backend, shapes and dtype):
+
+* ``None`` / ``''`` (default, automatic): cuDNN flash attention
+  (``jax.nn.dot_product_attention(implementation='cudnn')``) on GPU wherever its rules hold
+  (fp16/bf16, head dim a multiple of 8 and <= 128, <= 256 from Hopper on); on TPU the Pallas
+  flash kernel where the sequence lengths tile by 128; XLA's einsum-softmax everywhere else
+  (CPU, float32, the VAE mid-block's single 512-wide head, the 77-token cross-attention on TPU).
+* ``'xla'``: XLA on every call.
+* ``'cudnn'`` / ``'pallas'``: the kernel on every call whose head dim / lengths it takes, XLA for
+  the others (the VAE's 512-wide head); asking for it on the wrong backend or dtype is an error.
+
 Submodule names mirror diffusers (``to_q``, ``to_out_0``, ``transformer_blocks_0``...).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -18,15 +29,91 @@ from seamless_jax.models.layers import conv1x1, dense, group_norm
 
 Dtype = Any
 
+IMPLEMENTATIONS = ("", "xla", "cudnn", "pallas")
+CUDNN_DTYPES = ("float16", "bfloat16")
+PALLAS_BLOCK = 128  # the TPU flash kernel tiles both sequence lengths by this
+
+
+def cudnn_max_head_dim(compute_capability: str | None) -> int:
+  """cuDNN flash attention's largest head dim: 256 from Hopper (sm 9.0) on, else 128."""
+  if not compute_capability:
+    return 128
+  major = int(str(compute_capability).split(".")[0])
+  return 256 if major >= 9 else 128
+
+
+def cudnn_supports(head_dim: int, dtype, compute_capability: str | None = None) -> bool:
+  """Whether cuDNN flash attention takes this head dim and dtype (no bias/mask used here)."""
+  return (jnp.dtype(dtype).name in CUDNN_DTYPES and head_dim % 8 == 0
+          and head_dim <= cudnn_max_head_dim(compute_capability))
+
+
+def pallas_supports(q_len: int, kv_len: int) -> bool:
+  """Whether the TPU Pallas flash kernel tiles these sequence lengths."""
+  return q_len % PALLAS_BLOCK == 0 and kv_len % PALLAS_BLOCK == 0
+
+
+def select_implementation(requested: str | None, platform: str, *, head_dim: int, dtype,
+                          q_len: int, kv_len: int,
+                          compute_capability: str | None = None) -> str:
+  """The kernel for one attention call: ``'xla'``, ``'cudnn'`` or ``'pallas'``.
+
+  Args:
+    requested: ``None``/``''`` (automatic), ``'xla'``, ``'cudnn'`` or ``'pallas'``
+      (``config.attention``).
+    platform: ``jax.default_backend()`` (``'cpu'``, ``'gpu'``/``'cuda'``, ``'tpu'``).
+    head_dim, dtype, q_len, kv_len: of this call's q/k/v.
+    compute_capability: the GPU's (``'9.0'`` on H100/H200); sets cuDNN's head-dim limit.
+
+  Raises:
+    ValueError: an unknown ``requested``, or a forced kernel on a backend/dtype it never runs on.
+  """
+  requested = requested or ""
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {requested!r} is not one of "
+                     f"{list(IMPLEMENTATIONS)} (config.attention)")
+  gpu, tpu = platform in ("gpu", "cuda", "rocm"), platform == "tpu"
+  dtype_name = jnp.dtype(dtype).name
+  if requested == "xla":
+    return "xla"
+  if requested == "cudnn":
+    if platform not in ("gpu", "cuda"):
+      raise ValueError(f"config.attention='cudnn' needs an NVIDIA GPU; the backend is {platform!r}")
+    if dtype_name not in CUDNN_DTYPES:
+      raise ValueError(f"config.attention='cudnn' needs bfloat16/float16 compute "
+                       f"(config.dtype); got {dtype_name}")
+  if requested == "pallas" and not tpu:
+    raise ValueError(f"config.attention='pallas' needs a TPU; the backend is {platform!r}")
+  if gpu and platform != "rocm" and cudnn_supports(head_dim, dtype, compute_capability):
+    return "cudnn"
+  if tpu and pallas_supports(q_len, kv_len):
+    return "pallas"
+  return "xla"
+
+
+@functools.lru_cache(maxsize=None)
+def _backend_info() -> tuple[str, str | None]:
+  device = jax.devices()[0]
+  return jax.default_backend(), getattr(device, "compute_capability", None)
+
+
+def _pallas_flash(q, k, v, is_causal: bool) -> jax.Array:
+  """TPU Pallas flash attention on (B, L, N, H) inputs (imported only on TPU)."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=import-outside-toplevel
+  to_bnlh = lambda x: jnp.swapaxes(x, 1, 2)
+  out = tpu_flash.flash_attention(to_bnlh(q), to_bnlh(k), to_bnlh(v), causal=is_causal,
+                                  sm_scale=1.0 / math.sqrt(q.shape[-1]))
+  return jnp.swapaxes(out, 1, 2)
+
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *,
            implementation: str | None = None, is_causal: bool = False) -> jax.Array:
-  """Multi-head scaled dot-product attention.
+  """Multi-head scaled dot-product attention with the kernel chosen for this call.
 
   Args:
     q: (B, Lq, heads*head_dim); k, v: (B, Lk, heads*head_dim).
     heads: number of heads.
-    implementation: passed to `jax.nn.dot_product_attention`.
+    implementation: ``config.attention`` (see the module doc and :func:`select_implementation`).
     is_causal: mask future keys (CLIP text).
 
   Returns:
@@ -35,8 +122,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *,
   def split(x):
     return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
 
-  out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal,
-                                     implementation=implementation)
+  platform, capability = _backend_info()
+  kernel = select_implementation(implementation, platform, head_dim=q.shape[-1] // heads,
+                                 dtype=q.dtype, q_len=q.shape[1], kv_len=k.shape[1],
+                                 compute_capability=capability)
+  if kernel == "pallas":
+    out = _pallas_flash(split(q), split(k), split(v), is_causal)
+  else:
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal,
+                                       implementation=kernel)
   return out.reshape(q.shape[0], q.shape[1], -1)
 
 

@@ -39,14 +39,14 @@ Batch = dict[str, jax.Array]
 
 
 def latent_shape(models, batch: int, resolution: int) -> tuple[int, ...]:
-  """(B, h, w, C) of the VAE latent of (B, R, R, 3) images (by abstract evaluation)."""
+  """(B, h, w, C) of the VAE latent of (B, R, R, 3) images, from the VAE config alone.
+
+  Each of the ``len(block_out_channels) - 1`` stride-2 downsamplers maps a side ``n`` to
+  ``n // 2``, so ``h = w = R // vae.downscale``; nothing is traced or initialised.
+  """
   vae = models.vae
-  dummy_params = jax.eval_shape(lambda: vae.init(jax.random.PRNGKey(0),
-                                                 *vae.dummy_inputs())["params"])
-  mean, _ = jax.eval_shape(
-      lambda p, x: vae.apply({"params": p}, x, method=vae.encode), dummy_params,
-      jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32))
-  return tuple(mean.shape)
+  side = int(resolution) // int(vae.downscale)
+  return (int(batch), side, side, int(vae.latent_channels))
 
 
 # ============================================================================ per-mode losses

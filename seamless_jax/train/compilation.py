@@ -1,0 +1,99 @@
+"""Compilation helpers: the persistent XLA cache and ahead-of-time compiled steps.
+
+* :func:`enable_cache` turns JAX's persistent compilation cache on (by default in
+  ``WORKDIR/xla_cache``), so a restarted run loads its init, train step and sampler programs
+  from disk instead of compiling them again.
+* :func:`aot_compile` is the one place that lowers and compiles a jitted function for given
+  (abstract) arguments, timing both phases and counting its FLOPs by
+  :mod:`seamless_jax.train.flops`; the training loop and the benchmarks both use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+from absl import logging
+
+from seamless_jax.train import flops as flops_lib
+
+CACHE_SUBDIR = "xla_cache"
+
+
+def cache_dir(config, workdir: str | None) -> str | None:
+  """The cache folder ``config.compilation_cache_dir`` names ('' = ``workdir/xla_cache``,
+  'none' = off); ``None`` when off or when there is neither a folder nor a workdir."""
+  configured = str(config.get("compilation_cache_dir", ""))
+  if configured.lower() == "none":
+    return None
+  if configured:
+    return configured
+  return os.path.join(workdir, CACHE_SUBDIR) if workdir else None
+
+
+def enable_cache(path: str | None, min_compile_secs: float = 1.0) -> str | None:
+  """Points JAX's persistent compilation cache at ``path`` (created if missing).
+
+  Programs that took at least ``min_compile_secs`` to compile are written there (any size);
+  later processes with the same program, jax version and devices read them back.
+  Returns the folder in use (``None``: left as it was).
+  """
+  if not path:
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    # The cache object is created on the first compile; a new folder needs a fresh one.
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.reset_cache()
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  logging.info("persistent compilation cache: %s", path)
+  return path
+
+
+def enable_cache_for(config, workdir: str | None) -> str | None:
+  """:func:`enable_cache` with the folder and threshold from ``config``."""
+  return enable_cache(cache_dir(config, workdir),
+                      float(config.get("compilation_cache_min_secs", 1.0)))
+
+
+@dataclasses.dataclass
+class Compiled:
+  """An ahead-of-time compiled function and what it cost to get it.
+
+  fn: the ``jax.stages.Compiled`` (call it like the jitted function).
+  flops: FLOPs of one call (whole program, all devices; :func:`flops_lib.count_flops`), or
+    ``None`` when counting was skipped.
+  lower_s / compile_s: seconds spent tracing+lowering and compiling (or loading from cache).
+  """
+  fn: Any
+  flops: float | None
+  lower_s: float
+  compile_s: float
+
+  def __call__(self, *args):
+    return self.fn(*args)
+
+
+def aot_compile(jitted: Callable, *args, count_flops: bool = True, name: str = "") -> Compiled:
+  """Lowers and compiles ``jitted`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``s).
+
+  The FLOP count walks the traced jaxpr (convolutions included, on every backend) and reuses
+  the trace made for lowering.
+  """
+  t0 = time.perf_counter()
+  traced = jitted.trace(*args)
+  lowered = traced.lower()
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  flops = flops_lib.jaxpr_flops(traced.jaxpr) if count_flops else None
+  if name:
+    logging.info("%s: lowered in %.1fs, compiled in %.1fs, %s", name, t1 - t0, t2 - t1,
+                 f"{flops / 1e9:.1f} GFLOP per call" if flops else "FLOPs not counted")
+  return Compiled(compiled, flops, t1 - t0, t2 - t1)
