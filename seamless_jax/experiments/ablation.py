@@ -163,7 +163,8 @@ def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict
       vae_pretrained=paths.base_vae if stage == "base_unet" else "",
       lpips_path=args.lpips, seed=args.seed)
   if args.steps:
-    config.total_steps = config.checkpoint_every = args.steps
+    config.total_steps = args.steps
+    config.checkpoint_every = min(int(config.checkpoint_every), args.steps)
   return loop.train_and_evaluate(config, paths.run(stage))
 
 

@@ -40,6 +40,8 @@ COMBOS = (("base", "Base (BLD)", "standard", "base"),
           ("both", "Ours (both)", "two_step", "eq6"))
 EVAL_AREA = (0.15, 0.35)      # fraction of the image to generate
 EXAMPLES = 4                   # cases per kind kept for the figure (first seed)
+CALL_CASES = 256               # cases per Inpainter.batch call
+DEVICE_BATCH = {False: 36, True: 8}  # samples per device call: small scales, sd15
 
 
 def read_eval_images(folder: str, resolution: int, max_images: int) -> np.ndarray:
@@ -148,14 +150,18 @@ def run_bld(paths, scale, images: np.ndarray, cases: list[dict]) -> dict:
       if combo_unet != unet:
         continue
       pipe.params = {**pipe.params, "vae": decoders[vae]}
-      results = pipe.batch([images[c["image"]] for c in cases],
-                           [masks.mask_image_from_keep(c["keep"]) for c in cases], "scenery",
-                           num_inference_steps=scale.num_inference_steps,
-                           guidance_scale=scale.guidance_scale,
-                           seed=[1000 * c["seed"] + i for i, c in enumerate(cases)],
-                           batch_size=min(len(cases), 36 if scale.name != "sd15" else 8))
-      print(f"  bld {key}: {len(cases)} samples, {pipe.stats.sample_s:.1f} s sampling, "
-            f"{pipe.stats.compile_s:.1f} s compile", flush=True)
+      results, sample_s, compile_s = [], 0.0, 0.0
+      for start in range(0, len(cases), CALL_CASES):  # bounded host memory per call
+        part = cases[start:start + CALL_CASES]
+        results += pipe.batch([images[c["image"]] for c in part],
+                              [masks.mask_image_from_keep(c["keep"]) for c in part], "scenery",
+                              num_inference_steps=scale.num_inference_steps,
+                              guidance_scale=scale.guidance_scale,
+                              seed=[1000 * c["seed"] + start + i for i, c in enumerate(part)],
+                              batch_size=min(len(cases), DEVICE_BATCH[scale.name == "sd15"]))
+        sample_s, compile_s = sample_s + pipe.stats.sample_s, compile_s + pipe.stats.compile_s
+      print(f"  bld {key}: {len(cases)} samples, {sample_s:.1f} s sampling, "
+            f"{compile_s:.1f} s compile", flush=True)
       outputs[key] = np.stack(results)
   return outputs
 

@@ -179,8 +179,9 @@ def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
       "standard": (scale.finetune_steps, scale.unet_batch, scale.unet_lr),
   }[stage]
   c.total_steps, c.batch_size, c.learning_rate = steps, batch, lr
-  c.checkpoint_every = steps
-  c.keep_checkpoints = 1
+  if scale.from_scratch:  # minutes-long runs: one checkpoint at the end
+    c.checkpoint_every = steps
+    c.keep_checkpoints = 1
   c.sample_every = scale.sample_every if stage in ("two_step", "standard") else 0
   if scale.from_scratch:  # the default 8 px margin around salient pixels is large at 64 px
     c.data.masks.saliency_margin = max(2, scale.resolution // 32)
