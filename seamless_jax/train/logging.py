@@ -71,6 +71,13 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_text(tag, text, step)
 
+  def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """A uint8 (H, W, 3) or (H, W) image to TensorBoard under ``tag``."""
+    if self.enabled:
+      image = np.asarray(image)
+      self._tb.add_image(tag, image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+      self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._tb.close()

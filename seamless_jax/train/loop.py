@@ -25,9 +25,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from seamless_jax.data import masks as masks_lib
 from seamless_jax.data import pipeline
 from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.eval import metrics as metrics_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import compilation
 from seamless_jax.train import config_check
@@ -178,18 +180,41 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
 
 
 class Sampler:
-  """Writes ``workdir/samples/step_<n>.png`` grids (image | mask | result) with given params."""
+  """Sample grids and seam quality of a fixed batch, every ``sample_every`` steps.
 
-  def __init__(self, trainer: Trainer, workdir: str):
+  The batch: ``config.sample.num_images`` images of the training source (centre crops, no flip,
+  its own seed; the data has no held-out split) with fixed masks drawn once: the first half
+  (rounded up) inpaint holes and the rest outpaint borders (``data/masks.py``, the training
+  mixture's settings), so ``num_images >= 2`` covers both kinds. Each call samples it with the
+  given (EMA) params through ``steps.make_sample_fn`` — BLD for two_step/standard, the Eq. 6
+  reconstruction for vae_finetune — with the run's VAE (``config.vae_pretrained`` when set), and
+  writes:
+
+  * ``workdir/samples/step_<n>.png`` and the TensorBoard image ``samples/grid``: one row per
+    example, image | masked image | result | result with the mask border drawn in red;
+  * seam quality (:mod:`seamless_jax.eval.metrics`) to ``metrics.jsonl`` and TensorBoard:
+    ``seam/cd_<kind>`` (the paper's Color Distance on the mask border, 0–255 RGB) and
+    ``seam/excess_cd_<kind>`` (CD of the result − CD of the real image on the same border;
+    0 = as smooth as the photo), ``kind`` = inpaint / outpaint.
+  """
+
+  BORDER_COLOUR = (1.0, -1.0, -1.0)  # red, in [-1, 1]
+
+  def __init__(self, trainer: Trainer, workdir: str, writer: log_lib.MetricWriter | None = None):
     config = trainer.config
     self.workdir = workdir
     self.trainer = trainer
+    self.writer = writer
     n = int(config.sample.num_images)
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.worker_count = 0  # one batch: no worker processes
+    data_config.center_crop, data_config.random_flip = True, False
     data = pipeline.make_dataset(data_config, batch_size=n, seed=int(config.seed) + 1)
     batch = next(iter(data))
-    self.batch_host = {k: np.asarray(batch[k]) for k in ("image", "keep", "input_ids")}
+    image = np.asarray(batch["image"], np.float32)
+    keep, self.kinds = self.seam_masks(image, masks_lib.MaskMixture.from_config(
+        config.data.masks), seed=int(config.seed) + 3)
+    self.batch_host = {"image": image, "keep": keep, "input_ids": np.asarray(batch["input_ids"])}
     if config.sample.prompt:
       cond = tokenize(trainer.tokenizer, [config.sample.prompt] * n, int(config.data.max_length))
     else:
@@ -200,15 +225,73 @@ class Sampler:
     self.cond, self.uncond = put(cond), put(uncond)
     self.fn = steps_lib.make_sample_fn(config, trainer.models, trainer.alphas_cumprod)
     self.key = jax.random.PRNGKey(int(config.seed) + 2)
+    self.cd_real = metrics_lib.color_distance_batch(image, keep)  # the photos' own border CD
+
+  @staticmethod
+  def seam_masks(images: np.ndarray, mixture, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """keep (N, H, W, 1) float32 and kinds (N,) str: inpaint for the first ceil(N/2) images
+    (holes kept off salient pixels as in training), outpaint for the rest."""
+    rng = np.random.default_rng(seed)
+    n, height, width = images.shape[:3]
+    keeps, kinds = [], []
+    for i, image in enumerate(images):
+      hole = None
+      if i < (n + 1) // 2:
+        salient = (masks_lib.salient_pixels(masks_lib.spectral_residual_saliency(image))
+                   if mixture.use_builtin_saliency else None)
+        hole = masks_lib.inpaint_hole(rng, height, width, salient=salient,
+                                      area_range=mixture.area_range,
+                                      margin=mixture.saliency_margin,
+                                      shapes=mixture.inpaint_shapes)
+        if hole is None:  # everything salient: a hole anywhere
+          hole = masks_lib.inpaint_hole(rng, height, width, area_range=mixture.area_range,
+                                        shapes=mixture.inpaint_shapes)
+      kinds.append(masks_lib.INPAINT if hole is not None else masks_lib.OUTPAINT)
+      if hole is None:
+        hole = masks_lib.outpaint_hole(rng, height, width, area_range=mixture.area_range,
+                                       sides=mixture.outpaint_sides)
+      keeps.append((~hole).astype(np.float32)[..., None])
+    return np.stack(keeps), np.asarray(kinds)
+
+  @classmethod
+  def draw_borders(cls, images: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """images (N, H, W, 3) in [-1, 1] with the pixels on either side of the keep border red."""
+    known = keep[..., 0] > 0.5
+    border = np.zeros_like(known)
+    vertical = known[:, 1:, :] != known[:, :-1, :]
+    horizontal = known[:, :, 1:] != known[:, :, :-1]
+    border[:, 1:, :] |= vertical
+    border[:, :-1, :] |= vertical
+    border[:, :, 1:] |= horizontal
+    border[:, :, :-1] |= horizontal
+    return np.where(border[..., None], np.asarray(cls.BORDER_COLOUR, np.float32), images)
+
+  def seam_scalars(self, result: np.ndarray) -> dict[str, float]:
+    """``seam/cd_<kind>`` and ``seam/excess_cd_<kind>`` of a sampled batch (N, H, W, 3)."""
+    cd = metrics_lib.color_distance_batch(np.clip(result, -1.0, 1.0), self.batch_host["keep"])
+    scalars = {}
+    for kind in (masks_lib.INPAINT, masks_lib.OUTPAINT):
+      rows = self.kinds == kind
+      if rows.any() and np.isfinite(cd[rows]).any():
+        scalars[f"seam/cd_{kind}"] = float(np.nanmean(cd[rows]))
+        scalars[f"seam/excess_cd_{kind}"] = float(np.nanmean(cd[rows] - self.cd_real[rows]))
+    return scalars
 
   def __call__(self, params, frozen, step: int) -> str:
     result = self.fn(params, frozen, self.batch, self.cond, self.uncond, self.key)
     result = shd.to_host(result)
     if jax.process_index() != 0:
       return ""
-    path = log_lib.save_sample_grid(self.workdir, step, self.batch_host["image"],
-                                    self.batch_host["keep"], result)
-    logging.info("samples: wrote %s", path)
+    image, keep = self.batch_host["image"], self.batch_host["keep"]
+    columns = np.concatenate([result, self.draw_borders(result, keep)], axis=2)
+    path = log_lib.save_sample_grid(self.workdir, step, image, keep, columns)
+    scalars = self.seam_scalars(result)
+    logging.info("samples: wrote %s; %s", path,
+                 " ".join(f"{k} {v:.2f}" for k, v in scalars.items()))
+    if self.writer is not None:
+      self.writer.write_image("samples/grid", log_lib.sample_grid(image, keep, columns), step)
+      if scalars:
+        self.writer.write(step, scalars)
     return path
 
 
@@ -304,7 +387,7 @@ def _train(config, workdir: str, stop_signal) -> dict:
   logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
                config.mode, compiled.compile_s, compiled.lower_s,
                f"{flops / 1e9:.1f}" if flops else "?")
-  sampler = Sampler(trainer, workdir) if int(config.sample_every) > 0 else None
+  sampler = Sampler(trainer, workdir, writer) if int(config.sample_every) > 0 else None
 
   # ------------------------------------------------------------------ train
   history, pending, last = [], None, {"step": step}
