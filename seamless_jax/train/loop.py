@@ -14,6 +14,7 @@ step (:func:`checkpoint.any_process`), so none enters a collective step the othe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -397,7 +398,7 @@ def _train(config, workdir: str, stop_signal) -> dict:
   stop_at = int(config.stop_at_step) or total
   try:
     while step < min(total, stop_at):
-      data_state = data_iter.get_state()
+      data_state = copy.deepcopy(data_iter.get_state())  # small dicts; iterators may reuse theirs
       try:
         batch = next(data_iter)
       except pipeline.BadDataError as e:  # saved below, then raised
