@@ -10,6 +10,7 @@ import skimage.data
 import skimage.transform
 from PIL import Image
 
+from seamless_jax import inpaint
 from seamless_jax.eval import brushbench, metrics
 
 SIZE = 64
@@ -137,7 +138,7 @@ class FakeInpainter:
       assert image.shape == (SIZE, SIZE, 3) and mask.dtype == np.uint8
       assert set(np.unique(mask)) <= {0, 255}
       if self.refuse_image is not None and np.array_equal(image, self.refuse_image):
-        raise ValueError("mask 1: the hole vanishes at latent size")
+        raise inpaint.InputError("mask 1: the hole vanishes at latent size")
     return [np.where(m[..., None] > 127, 0, im).astype(np.uint8) for im, m in zip(images, masks)]
 
 
@@ -148,8 +149,8 @@ def test_generation_is_resumable(bench, tmp_path, monkeypatch):
   argv = ["--bench", bench, "--out", out, "--model", "unused", "--batch-size", "3",
           "--tasks", "inpaint", "--seed", "5"]
   brushbench.main(argv)
-  assert [c["n"] for c in fake.calls] == [3, 1]
-  assert [c["seed"] for c in fake.calls] == [[5, 6, 7], [8]]  # seed + index in the benchmark
+  assert [c["n"] for c in fake.calls] == [3, 3]  # the short last batch is filled up
+  assert [c["seed"] for c in fake.calls] == [[5, 6, 7], [8, 8, 8]]  # seed + index in the bench
   assert fake.calls[0]["prompts"] == ["scenery"] * 3
   assert fake.calls[0]["num_inference_steps"] == 50 and fake.calls[0]["guidance_scale"] == 3.0
   entries = brushbench.load_benchmark(bench)
@@ -166,8 +167,8 @@ def test_generation_is_resumable(bench, tmp_path, monkeypatch):
   assert fake.calls == [] and len(loads) == 1  # everything exists: the model is not even loaded
   os.remove(os.path.join(out, "inpaint", entries[2].stem + ".png"))
   brushbench.main(argv + ["--use-captions"])
-  assert [c["n"] for c in fake.calls] == [1] and fake.calls[0]["seed"] == [7]
-  assert fake.calls[0]["prompts"] == ["a photo number 2"]
+  assert [c["n"] for c in fake.calls] == [3] and fake.calls[0]["seed"] == [7, 7, 7]
+  assert fake.calls[0]["prompts"] == ["a photo number 2"] * 3
 
 
 def test_refused_images_are_skipped_and_the_rest_generated(bench, tmp_path, monkeypatch):
@@ -177,8 +178,8 @@ def test_refused_images_are_skipped_and_the_rest_generated(bench, tmp_path, monk
   out = str(tmp_path / "ours")
   text = brushbench.main(["--bench", bench, "--out", out, "--model", "unused", "--batch-size",
                           "3", "--tasks", "outpaint"])
-  # the refused batch of 3 is retried image by image, then the last batch of 1
-  assert [c["n"] for c in fake.calls] == [3, 1, 1, 1, 1]
+  # the refused batch of 3 is retried image by image, then the last batch (filled up to 3)
+  assert [c["n"] for c in fake.calls] == [3, 1, 1, 1, 3]
   made = sorted(os.listdir(os.path.join(out, "outpaint")))
   assert made == sorted(e.stem + ".png" for e in entries if e is not entries[1])
   assert "| outpaint | 3 |" in text

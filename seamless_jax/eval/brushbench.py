@@ -198,10 +198,12 @@ def generate(load_pipe: Callable, entries: Sequence[Entry], tasks: Sequence[str]
   negative_prompts, seed=[...], ...)``, masks uint8 white = generate). ``prompt=None`` uses each
   entry's caption. Batches hold same-size images; entry ``i`` of the benchmark gets the seed
   ``seed + i`` (the Inpainter's results do not depend on batching), so a resumed run makes the
-  same images as an uninterrupted one. A batch the pipe refuses (``inpaint.InputError``, e.g. a
-  hole that vanishes at latent size) is retried image by image; refused images are reported
-  and skipped (they are then missing from the scores).
+  same images as an uninterrupted one. A short last batch is filled up with copies of its last
+  image (results dropped) so every call has one shape and one compiled program. A batch the pipe
+  refuses (``inpaint.InputError``, e.g. a hole that vanishes at latent size) is retried image by
+  image; refused images are reported and skipped (they are then missing from the scores).
   """
+  from seamless_jax.inpaint import InputError as refused_error
   index_of = {entry.key: i for i, entry in enumerate(entries)}
   made, pipe = 0, None
   for task in tasks:
@@ -224,15 +226,18 @@ def generate(load_pipe: Callable, entries: Sequence[Entry], tasks: Sequence[str]
         run = functools.partial(pipe.batch, negative_prompts=negative_prompt,
                                 num_inference_steps=steps, guidance_scale=guidance,
                                 paste_back=paste_back)
+        fill = batch_size - len(batch)  # a short batch repeats its last image: no new compile
         try:
-          outputs = run(images, masks, prompts, seed=seeds)
-        except ValueError as err:  # inpaint.InputError: find the refused images one by one
+          outputs = run(images + images[-1:] * fill, masks + masks[-1:] * fill,
+                        prompts + prompts[-1:] * fill, seed=seeds + seeds[-1:] * fill)
+          outputs = outputs[:len(batch)]
+        except refused_error as err:  # find the refused images one by one
           print(f"[{task}] batch refused ({err}); retrying image by image")
           outputs = []
           for image, mask, text, entry_seed, entry in zip(images, masks, prompts, seeds, batch):
             try:
               outputs += run([image], [mask], [text], seed=[entry_seed])
-            except ValueError as single_err:
+            except refused_error as single_err:
               print(f"[{task}] skipped {entry.stem}: {single_err}")
               outputs.append(None)
         if len(outputs) != len(batch):
