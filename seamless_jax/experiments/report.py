@@ -59,6 +59,8 @@ def plot_curves(paths, out_path: str) -> list[str]:
   runs = [r for r in runs if r[3]]
   cd_keys = sorted({k for _, _, _, rows in runs for row in rows for k in row
                     if "cd" in k.lower() and k != "cd_truth"})
+  if any("excess" in k for k in cd_keys):  # the excess CD is the comparable one
+    cd_keys = [k for k in cd_keys if "excess" in k]
   panels = len(runs) + (1 if cd_keys else 0) + (1 if {"standard", "two_step"} <= {
       r[0] for r in runs} else 0)
   cols = 3

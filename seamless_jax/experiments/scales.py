@@ -182,7 +182,8 @@ def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
   if scale.from_scratch:  # minutes-long runs: one checkpoint at the end
     c.checkpoint_every = steps
     c.keep_checkpoints = 1
-  c.sample_every = scale.sample_every if stage in ("two_step", "standard") else 0
+  # sample grids (+ in-training seam CD where the loop logs it) for the compared fine-tunes
+  c.sample_every = scale.sample_every if stage in ("eq6_vae", "two_step", "standard") else 0
   if scale.from_scratch:  # the default 8 px margin around salient pixels is large at 64 px
     c.data.masks.saliency_margin = max(2, scale.resolution // 32)
   if mode == "vae_finetune":
