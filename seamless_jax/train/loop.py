@@ -84,7 +84,7 @@ def ensure_demo_data(config, workdir: str) -> None:
   if not config.demo_data or config.data.path:
     return
   from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
-  folder = os.path.join(workdir, "demo_data")
+  folder = os.path.join(os.path.abspath(workdir), "demo_data")
   if not os.path.exists(os.path.join(folder, "metadata.jsonl")):
     if jax.process_index() == 0:
       demo.write_demo_dataset(folder, resolution=max(int(config.data.resolution), 64))
