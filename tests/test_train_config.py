@@ -67,6 +67,16 @@ def test_bad_values_name_the_field(field, value, message):
     config_check.validate(c)
 
 
+@pytest.mark.parametrize("second_t", ["prev", "same"])
+def test_stride_must_leave_a_timestep_for_both_second_t_options(second_t):
+  c = two_step.get_config("tiny")
+  c.data.path = "/data"
+  c.two_step.second_t = second_t
+  c.two_step.stride, c.two_step.min_t = 990, 10
+  with pytest.raises(ValueError, match="stride \\+ config.two_step.min_t = 1000 leaves no"):
+    config_check.validate(c)
+
+
 def test_missing_pretrained_folder(tmp_path):
   c = two_step.get_config("sd15")
   c.data.path = "/data"

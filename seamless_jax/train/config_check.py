@@ -92,7 +92,7 @@ def validate(config, num_devices: int | None = None) -> None:
     if config.parallelism == "shard_map":
       raise ConfigError("config.parallelism='shard_map' supports the diffusion modes only; the "
                         "VAE discriminator uses whole-batch statistics: use 'jit'")
-  if config.mode == "two_step" and config.two_step.second_t == "prev":
+  if config.mode == "two_step":  # both second_t options re-noise at t − stride
     lowest = config.two_step.stride + config.two_step.min_t
     if lowest >= config.schedule.num_train_timesteps:
       raise ConfigError(f"config.two_step.stride + config.two_step.min_t = {lowest} leaves no "
