@@ -82,11 +82,25 @@ def test_eval_masks_are_seeded_and_survive_the_latent_grid():
 
 
 def test_summary_spread_is_over_seed_means():
-  rows = [{"seed": s, "cd": v, "excess_cd": v, "psnr_kept": v}
+  rows = [{"seed": s, "cd": v, "excess_cd": v, "seam_step": v, "psnr_kept": v}
           for s, v in ((0, 1.0), (0, 3.0), (1, 4.0), (1, 6.0))]
   summary = evaluate.summarize(rows)
   assert summary["cd"] == 3.5 and summary["cd_per_seed"] == [2.0, 5.0]
   assert summary["cd_seed_std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))
+
+
+def test_seam_step_sees_a_border_edge_but_not_smooth_content_or_blur():
+  keep = np.ones((16, 16), bool)
+  keep[:, 8:] = False
+  ramp = np.tile(np.linspace(0, 255, 16)[None, :, None], (16, 1, 3))
+  assert evaluate.seam_step(ramp, keep) == pytest.approx(0.0, abs=1e-9)  # steady gradient
+  seam = np.zeros((16, 16, 3))
+  seam[:, 8:] = 100.0
+  assert evaluate.seam_step(seam, keep) == pytest.approx(100 * np.sqrt(3))
+  soft = seam.copy()
+  soft[:, 7], soft[:, 8] = 33.0, 66.0                  # the same edge spread over 3 steps
+  assert abs(evaluate.seam_step(soft, keep)) < 1.0
+  assert np.isnan(evaluate.seam_step(seam, np.ones((16, 16), bool)))
 
 
 def test_border_point_is_on_the_kept_side_nearest_the_centre():

@@ -37,6 +37,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 
 from seamless_jax.experiments import scales as scales_lib
 
@@ -75,21 +76,50 @@ class Paths:
 
 # ============================================================================ data + init
 
-def split_demo_data(paths: Paths, resolution: int) -> None:
-  """Demo photos at ``resolution`` -> ``data/train`` + held-out ``data/eval`` (image folders)."""
+def split_demo_data(paths: Paths, resolution: int, tiles_per_image: int, seed: int = 0) -> None:
+  """Demo photos -> ``data/train`` + held-out ``data/eval`` (image folders).
+
+  The photos are written at 4x ``resolution`` (shorter side, at least 128 px). Training gets
+  every variant of the training photos at ``resolution`` plus ``tiles_per_image`` random square
+  crops of each (30–100 % of the shorter side, resized to ``resolution``): ten photos are few
+  for a VAE, and more distinct patches generalise better to the held-out photos. The held-out
+  variants are copied at full size (the evaluation resizes and centre-crops them).
+  """
   from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.eval_images, "metadata.jsonl")):
     return
-  demo.write_demo_dataset(paths.data_all, resolution=resolution)
+  demo.write_demo_dataset(paths.data_all, resolution=max(128, 4 * resolution))
   with open(os.path.join(paths.data_all, "metadata.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
   prefixes = tuple(name + "_" for name in scales_lib.EVAL_PHOTOS)
-  held_out = lambda row: row["file_name"].startswith(prefixes)
-  for folder, chosen in ((paths.train_data, [r for r in rows if not held_out(r)]),
-                         (paths.eval_images, [r for r in rows if held_out(r)])):
-    os.makedirs(folder, exist_ok=True)
-    for row in chosen:
-      shutil.copy(os.path.join(paths.data_all, row["file_name"]), folder)
+  held_out = [r for r in rows if r["file_name"].startswith(prefixes)]
+  train = [r for r in rows if not r["file_name"].startswith(prefixes)]
+  rng = np.random.default_rng(seed)
+  train_rows = []
+  os.makedirs(paths.train_data, exist_ok=True)
+  for row in train:
+    with Image.open(os.path.join(paths.data_all, row["file_name"])) as img:
+      img = img.convert("RGB")
+    stem = os.path.splitext(row["file_name"])[0]
+    side = min(img.size)
+    scale = resolution / side
+    views = [(f"{stem}.jpg", img.resize((max(resolution, round(img.width * scale)),
+                                         max(resolution, round(img.height * scale))),
+                                        Image.BICUBIC))]
+    for k in range(tiles_per_image):
+      size = int(side * rng.uniform(0.3, 1.0))
+      left = int(rng.integers(0, img.width - size + 1))
+      top = int(rng.integers(0, img.height - size + 1))
+      tile = img.crop((left, top, left + size, top + size)).resize((resolution, resolution),
+                                                                   Image.BICUBIC)
+      views.append((f"{stem}_tile{k}.jpg", tile))
+    for name, view in views:
+      view.save(os.path.join(paths.train_data, name), quality=95)
+      train_rows.append({"file_name": name, "text": row["text"]})
+  os.makedirs(paths.eval_images, exist_ok=True)
+  for row in held_out:
+    shutil.copy(os.path.join(paths.data_all, row["file_name"]), paths.eval_images)
+  for folder, chosen in ((paths.train_data, train_rows), (paths.eval_images, held_out)):
     shutil.copytree(os.path.join(paths.data_all, "tokenizer"), os.path.join(folder, "tokenizer"),
                     dirs_exist_ok=True)
     with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
@@ -218,7 +248,7 @@ def run(args) -> None:
     print(f"=== ablation stage {stage} ({scale.name})", flush=True)
     start = time.time()
     if stage == "data":
-      split_demo_data(paths, scale.resolution)
+      split_demo_data(paths, scale.resolution, scale.tiles_per_image, args.seed)
     elif stage == "init":
       write_init_folder(paths, scale, args.seed)
     elif stage in TRAIN_STAGES:

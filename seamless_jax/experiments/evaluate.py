@@ -105,23 +105,50 @@ def make_cases(images: np.ndarray, seeds, latent_factor: int) -> list[dict]:
   return cases
 
 
+def seam_step(image: np.ndarray, keep: np.ndarray) -> float:
+  """How much the colour step ACROSS the mask border exceeds the steps BESIDE it (0–255 scale).
+
+  For every 4-neighbour border pair (p kept, q = p + n generated) whose neighbours p − n (kept)
+  and q + n (generated) exist: ``|x_p − x_q| − (|x_{p−n} − x_p| + |x_q − x_{q+n}|) / 2``
+  (Euclidean RGB distances), averaged over the pairs. A uniformly blurred or sharpened image
+  changes all three steps alike, so unlike CD this does not reward blur; a seam (an edge that
+  exists only on the border) makes it positive. NaN when there is no such pair.
+  """
+  x = np.asarray(image, np.float64)
+  k = np.asarray(keep, bool).reshape(x.shape[:2])
+  across, beside = [], []
+  for axis in (0, 1):
+    for sign in (1, -1):  # n = +1 / -1 along the axis
+      xs, ks = (x, k) if sign == 1 else (np.flip(x, axis), np.flip(k, axis))
+      xs, ks = np.moveaxis(xs, axis, 0), np.moveaxis(ks, axis, 0)
+      p_in, p, q, q_out = (slice(i, ks.shape[0] - 3 + i) for i in range(4))
+      pairs = ks[p_in] & ks[p] & ~ks[q] & ~ks[q_out]
+      dist = lambda a, b: np.sqrt(np.sum((xs[a] - xs[b]) ** 2, axis=-1))
+      across.append(dist(p, q)[pairs])
+      beside.append(0.5 * (dist(p_in, p) + dist(q, q_out))[pairs])
+  across, beside = np.concatenate(across), np.concatenate(beside)
+  return float(np.mean(across) - np.mean(beside)) if across.size else float("nan")
+
+
 def case_metrics(output: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> dict:
-  """CD, excess CD and kept-region PSNR of one output (uint8 (H, W, 3)) for ``keep`` (H, W)."""
+  """CD, excess CD, seam step and kept-region PSNR of one output (uint8 (H, W, 3)) for
+  ``keep`` (H, W)."""
   from seamless_jax.eval import metrics  # pylint: disable=import-outside-toplevel
   cd = metrics.color_distance(output, keep)
   cd_truth = metrics.color_distance(truth, keep)
   return {"cd": cd, "excess_cd": cd - cd_truth, "cd_truth": cd_truth,
+          "seam_step": seam_step(output, keep), "seam_step_truth": seam_step(truth, keep),
           "psnr_kept": metrics.masked_psnr(output, truth, keep)}
 
 
-def summarize(rows: list[dict], keys=("cd", "excess_cd", "psnr_kept")) -> dict:
+def summarize(rows: list[dict], keys=("cd", "excess_cd", "seam_step", "psnr_kept")) -> dict:
   """Mean of each key over ``rows`` and its spread: std of the per-seed means (n seeds)."""
   out = {"n": len(rows)}
   seeds = sorted({r["seed"] for r in rows})
   for key in keys:
     values = np.asarray([r[key] for r in rows], np.float64)
-    per_seed = [np.mean([r[key] for r in rows if r["seed"] == s]) for s in seeds]
-    out[key] = float(np.mean(values))
+    per_seed = [np.nanmean([r[key] for r in rows if r["seed"] == s]) for s in seeds]
+    out[key] = float(np.nanmean(values))
     out[key + "_seed_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
     out[key + "_per_seed"] = [float(v) for v in per_seed]
   return out
@@ -251,15 +278,20 @@ def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
       rows.append(row)
   summary = {name: {kind: summarize([r for r in rows if r["decoder"] == name
                                      and r["kind"] == kind],
-                                    keys=("cd", "excess_cd", "psnr_kept", "psnr_all"))
+                                    keys=("cd", "excess_cd", "seam_step", "psnr_kept",
+                                          "psnr_all"))
                     for kind in KINDS} for name in decoded}
   paired = {}
-  for kind in KINDS:  # the drop per case (same image, mask, seed): base − eq6
-    base = [r["excess_cd"] for r in rows if r["decoder"] == "base" and r["kind"] == kind]
-    eq6 = [r["excess_cd"] for r in rows if r["decoder"] == "eq6" and r["kind"] == kind]
-    diff = np.asarray(base) - np.asarray(eq6)
-    paired[kind] = {"mean_drop": float(diff.mean()), "std_drop": float(diff.std(ddof=1)),
-                    "fraction_improved": float(np.mean(diff > 0)), "n": int(diff.size)}
+  for metric in ("excess_cd", "seam_step"):
+    for kind in KINDS:  # the drop per case (same image, mask, seed): base − eq6
+      base = [r[metric] for r in rows if r["decoder"] == "base" and r["kind"] == kind]
+      eq6 = [r[metric] for r in rows if r["decoder"] == "eq6" and r["kind"] == kind]
+      diff = np.asarray(base) - np.asarray(eq6)
+      diff = diff[np.isfinite(diff)]
+      paired.setdefault(metric, {})[kind] = {
+          "mean_drop": float(diff.mean()), "std_drop": float(diff.std(ddof=1)),
+          "sem": float(diff.std(ddof=1) / np.sqrt(diff.size)),
+          "fraction_improved": float(np.mean(diff > 0)), "n": int(diff.size)}
   chosen = _example_indices(cases)
   examples = {name: outs[chosen] for name, outs in decoded.items()}
   return {"rows": rows, "summary": summary, "paired": paired, "cases": cases,

@@ -62,6 +62,7 @@ class Scale:
   eval_images: held-out images evaluated (at most); eval_seeds: one BLD sample per seed, mask
     and image; num_inference_steps / guidance_scale: BLD sampling (the paper: 50, 3).
   vae_eval_seeds: mask seeds of the VAE-only measurement (Eq. 6 blend decoded by each decoder).
+  tiles_per_image: extra random crops of each training photo variant (small scales).
   """
   name: str
   from_scratch: bool
@@ -87,6 +88,7 @@ class Scale:
   guidance_scale: float = 3.0
   vae_eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   dtype: str = "float32"
+  tiles_per_image: int = 0
 
 
 SCALES = {
@@ -94,13 +96,14 @@ SCALES = {
         name="smoke", from_scratch=True, resolution=32, vae_config=SMOKE_VAE,
         unet_config=SMOKE_UNET, base_vae_steps=4, base_vae_batch=4, base_unet_steps=4,
         base_unet_batch=4, finetune_steps=3, vae_batch=4, unet_batch=4, log_every=1,
-        eval_images=2, eval_seeds=(0,), num_inference_steps=4, vae_eval_seeds=(0, 1)),
+        eval_images=2, eval_seeds=(0,), num_inference_steps=4, vae_eval_seeds=(0, 1),
+        tiles_per_image=1),
     "small": Scale(
         name="small", from_scratch=True, resolution=64, vae_config=SMALL_VAE,
-        unet_config=SMALL_UNET, base_vae_steps=400, base_vae_batch=8, base_vae_lr=1e-3,
-        base_unet_steps=800, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=200,
-        vae_batch=8, vae_lr=2e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=100,
-        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50),
+        unet_config=SMALL_UNET, base_vae_steps=500, base_vae_batch=8, base_vae_lr=1e-3,
+        base_unet_steps=700, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
+        vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
+        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=6),
     "sd15": Scale(
         name="sd15", from_scratch=False, resolution=512, finetune_steps=10_000, vae_batch=16,
         vae_lr=4.5e-6, unet_batch=32, unet_lr=1e-5, log_every=50, sample_every=1000,
