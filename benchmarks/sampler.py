@@ -21,6 +21,11 @@ the same arrays are drawn here and handed to the PyTorch loop, so the two final 
 compared (max abs diff printed). Timing: each framework is timed on its own after one warm-up
 call (the JAX warm-up includes the compile, reported separately); median of `--repeats` calls.
 Prints markdown rows for docs/benchmarks.md.
+
+On a CPU host shared with other work, pin the run (`taskset -c 0 python benchmarks/sampler.py
+...`): both frameworks then use the pinned cores (torch's thread count follows the affinity).
+Unpinned on an oversubscribed host, PyTorch's OpenMP threads spin against each other and its
+times grow by 10-100x, which measures the contention, not the sampler.
 """
 
 import argparse
@@ -55,7 +60,8 @@ TEXT_TOKENS = 77
 def hardware() -> str:
   devices = jax.devices()
   if devices[0].platform == "cpu":
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{len(os.sched_getaffinity(0))} usable, torch threads {torch.get_num_threads()}")
   return f"{devices[0].device_kind} x{len(devices)}"
 
 
