@@ -101,6 +101,7 @@ def test_pipeline_export_is_a_complete_safetensors_diffusers_folder(exported, ti
   assert not any(name.startswith("sd.") for name in os.listdir(os.path.dirname(folder)))
 
 
+@pytest.mark.slow
 def test_pytorch_unet_vae_and_text_encoder_compute_what_flax_computes(exported, tiny_workdirs):
   folder = exported["pipeline"]
   flax = loading.load_pipeline(tiny_workdirs["two_step"], vae=tiny_workdirs["vae_finetune"])
@@ -141,6 +142,7 @@ def test_diffusers_pipelines_run_on_the_export(exported):
   assert result.shape == (1, SIZE, SIZE, 3) and np.isfinite(result).all()
 
 
+@pytest.mark.slow
 def test_vae_only_export_is_an_autoencoderkl_folder_equal_to_flax(exported, tiny_workdirs):
   folder = exported["vae"]
   assert _files(folder) == ["config.json", "diffusion_pytorch_model.safetensors"]
@@ -156,6 +158,7 @@ def test_vae_only_export_is_an_autoencoderkl_folder_equal_to_flax(exported, tiny
   assert images.shape == (1, SIZE, SIZE, 3) and np.isfinite(images).all()
 
 
+@pytest.mark.slow
 def test_base_parts_are_copied_safetensors_only(exported, tiny_workdirs, tmp_path):
   base = exported["pipeline"]  # a diffusers folder with text_encoder/, tokenizer/, vae/
   with open(os.path.join(base, "text_encoder", "pytorch_model.bin"), "wb") as f:
@@ -188,6 +191,7 @@ def test_bad_base_and_existing_out_are_clear_errors(tiny_workdirs, tmp_path):
                   vae=tiny_workdirs["vae_finetune"])
 
 
+@pytest.mark.slow
 def test_crash_leaves_no_half_export(tiny_workdirs, tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise OSError("disk full")
@@ -215,12 +219,18 @@ def test_cli_exports_the_chosen_step_and_raw_weights(tiny_workdirs, tmp_path):
   assert_same_params(params, raw.vae_params)
 
 
-@pytest.mark.slow
-def test_cli_missing_step_is_one_clear_line_and_writes_nothing(tiny_workdirs, tmp_path):
+def test_cli_missing_or_damaged_step_is_one_clear_line_and_writes_nothing(tiny_workdirs,
+                                                                          tmp_path, capsys):
   out = str(tmp_path / "never")
-  proc = _cli("--workdir", tiny_workdirs["two_step"], "--step", "7", "--out", out)
-  assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines() == [
+  assert export.main(["--workdir", tiny_workdirs["two_step"], "--step", "7", "--out", out]) == 1
+  assert capsys.readouterr().err.strip().splitlines() == [
       f"export: error: {tiny_workdirs['two_step']} has no checkpoint for step 7; "
       "saved steps: 1, 2"]
-  assert os.listdir(tmp_path) == []
+  broken = tmp_path / "broken"
+  (broken / "checkpoints" / "3" / "state").mkdir(parents=True)
+  with open(os.path.join(tiny_workdirs["two_step"], "config.json")) as f:
+    (broken / "config.json").write_text(f.read())
+  assert export.main(["--workdir", str(broken), "--out", out]) == 1
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith(f"export: error: checkpoint {broken}") and "damaged or unreadable" in line
+  assert sorted(os.listdir(tmp_path)) == ["broken"]
