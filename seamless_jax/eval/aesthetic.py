@@ -51,7 +51,7 @@ class AestheticScorer:
   def embed(self, images) -> np.ndarray:
     """(N, D) L2-normalised CLIP image embeddings (float64) of uint8 (H, W, 3) images."""
     import torch
-    images = [np.asarray(im) for im in images]
+    images = [np.array(im) for im in images]  # writable copies (torch warns on read-only)
     for im in images:
       if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
         raise ValueError(f"aesthetic score expects uint8 RGB (H, W, 3), got {im.dtype} {im.shape}")
