@@ -250,6 +250,17 @@ def ordering_statement(results: dict) -> list[str]:
   return lines
 
 
+def training_summary(paths) -> str:
+  """``stage steps x batch @ lr`` of every run that has a saved config."""
+  parts = []
+  for stage, _, _ in RUN_CURVES:
+    config = _read_json(os.path.join(paths.run(stage), "config.json"))
+    if config:
+      parts.append(f"{stage} {config['total_steps']} x {config['batch_size']} @ "
+                   f"{config['learning_rate']:g}")
+  return ", ".join(parts) or "no runs"
+
+
 def write_report(paths, scale, report_path: str) -> str:
   """Writes the Markdown report and its figures; returns the report path."""
   results = _read_json(os.path.join(paths.eval, "results.json"))
@@ -289,9 +300,8 @@ def write_report(paths, scale, report_path: str) -> str:
            f"- Training data: the demo photos except the held-out ones "
            f"({', '.join(scales_lib.EVAL_PHOTOS)}), every variant plus {scale.tiles_per_image} "
            "random crops of each.",
-           f"- Training steps: base VAE {scale.base_vae_steps}, base UNet "
-           f"{scale.base_unet_steps}, each fine-tune {scale.finetune_steps} "
-           f"(VAE batch {scale.vae_batch}, UNet batch {scale.unet_batch}).",
+           "- Training (steps x batch, learning rate, from each run's config.json): "
+           + training_summary(paths) + ".",
            "- Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
            + f"; total {sum(timings.values()) / 60:.1f} min.", "",
            "## Table 4 layout", "",

@@ -103,7 +103,7 @@ SCALES = {
         unet_config=SMALL_UNET, base_vae_steps=500, base_vae_batch=8, base_vae_lr=1e-3,
         base_unet_steps=700, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
         vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
-        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=6),
+        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=10),
     "sd15": Scale(
         name="sd15", from_scratch=False, resolution=512, finetune_steps=10_000, vae_batch=16,
         vae_lr=4.5e-6, unet_batch=32, unet_lr=1e-5, log_every=50, sample_every=1000,
