@@ -102,7 +102,6 @@ def test_pipeline_export_is_a_complete_safetensors_diffusers_folder(exported, ti
   assert not any(name.startswith("sd.") for name in os.listdir(os.path.dirname(folder)))
 
 
-@pytest.mark.slow
 def test_pytorch_unet_vae_and_text_encoder_compute_what_flax_computes(exported, tiny_workdirs):
   folder = exported["pipeline"]
   flax = loading.load_pipeline(tiny_workdirs["two_step"], vae=tiny_workdirs["vae_finetune"])
@@ -143,7 +142,6 @@ def test_diffusers_pipelines_run_on_the_export(exported):
   assert result.shape == (1, SIZE, SIZE, 3) and np.isfinite(result).all()
 
 
-@pytest.mark.slow
 def test_vae_only_export_is_an_autoencoderkl_folder_equal_to_flax(exported, tiny_workdirs):
   folder = exported["vae"]
   assert _files(folder) == ["config.json", "diffusion_pytorch_model.safetensors"]
@@ -159,7 +157,6 @@ def test_vae_only_export_is_an_autoencoderkl_folder_equal_to_flax(exported, tiny
   assert images.shape == (1, SIZE, SIZE, 3) and np.isfinite(images).all()
 
 
-@pytest.mark.slow
 def test_base_parts_are_copied_safetensors_only(exported, tiny_workdirs, tmp_path):
   base = exported["pipeline"]  # a diffusers folder with text_encoder/, tokenizer/, vae/
   with open(os.path.join(base, "text_encoder", "pytorch_model.bin"), "wb") as f:
@@ -192,7 +189,6 @@ def test_bad_base_and_existing_out_are_clear_errors(tiny_workdirs, tmp_path):
                   vae=tiny_workdirs["vae_finetune"])
 
 
-@pytest.mark.slow
 def test_crash_leaves_no_half_export(tiny_workdirs, tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise OSError("disk full")
