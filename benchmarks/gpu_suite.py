@@ -248,9 +248,10 @@ def run_part(part: str, arg: str, tiny: bool, cache_dir: str, limit: float) -> t
   cmd = [sys.executable, os.path.abspath(__file__), "--part", part, "--arg", arg,
          "--cache_dir", cache_dir] + (["--tiny"] if tiny else [])
   env = dict(os.environ)
-  if tiny:
-    env["JAX_PLATFORMS"] = "cpu"
-    env["CUDA_VISIBLE_DEVICES"] = ""
+  if tiny:  # CPU, one thread per framework: OpenMP spin-waits collapse on shared CI cores
+    env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                          " intra_op_parallelism_threads=1").strip())
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(limit, 1.0), env=env,
                           check=False)
@@ -276,8 +277,8 @@ def markdown(results: list[dict], failures: list[str]) -> str:
   rows = ["| part | implementation | batch | set-up (s) | compile (s) | first step (s) | "
           "img/s | latency (s) | TFLOP/img | MFU | peak mem (GB) | device |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  flops_by_batch = {(r["part"].replace("torch_compile", "jax").replace("torch", "jax"),
-                     r["batch"]): r.get("flops_per_img") for r in results}
+  flops_by_batch = {(r["part"], r["batch"]): r["flops_per_img"] for r in results
+                    if r.get("flops_per_img")}  # JAX rows; PyTorch rows do the same work
   for r in results:
     flops = r.get("flops_per_img") or flops_by_batch.get(
         (r["part"].replace("torch_compile", "jax").replace("torch", "jax"), r["batch"]))
