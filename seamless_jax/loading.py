@@ -21,6 +21,7 @@ for tiny random models, from ``config.seed`` (bit-identical).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 
 from seamless_jax import convert
 from seamless_jax.data.tokenizer import CLIPTokenizer
@@ -92,19 +94,32 @@ def restore_arrays(workdir: str, step: int, names: tuple[str, ...]) -> dict[str,
   """Reads only the TrainState fields ``names`` of ``step`` into host numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   path = os.path.abspath(os.path.join(workdir, CHECKPOINTS, str(step), "state"))
-  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    metadata = checkpointer.metadata(path)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
-    item = {name: tree[name] for name in names}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    with _orbax_warnings_off():
+      checkpointer = ocp.PyTreeCheckpointer()
+      metadata = checkpointer.metadata(path)
+      tree = getattr(metadata, "item_metadata", metadata)
+      tree = getattr(tree, "tree", tree)
+      item = {name: tree[name] for name in names}
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
   except Exception as e:  # noqa: BLE001  orbax raises many kinds; the file is what matters
     raise SourceError(f"checkpoint {path} is damaged or unreadable "
                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
   return {name: restored[name] for name in names}
+
+
+@contextlib.contextmanager
+def _orbax_warnings_off():
+  """Reading ``<step>/state`` on its own makes orbax warn that the step's
+  ``_CHECKPOINT_METADATA`` (one folder up) is missing: true, and not the user's concern."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
 
 
 @dataclasses.dataclass

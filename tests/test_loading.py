@@ -97,3 +97,10 @@ def test_clear_errors_name_the_source(tiny_workdirs, tmp_path):
                                                         "config.json")).read())
   with pytest.raises(loading.SourceError, match="damaged or unreadable"):
     loading.load_pipeline(str(broken))
+
+
+def test_reading_a_checkpoint_prints_no_orbax_warnings(tiny_workdirs, caplog):
+  with caplog.at_level("INFO"):
+    arrays = loading.restore_arrays(tiny_workdirs["two_step"], 1, ("step",))
+  assert int(arrays["step"]) == 1
+  assert not [r for r in caplog.records if "orbax" in r.pathname], caplog.text
