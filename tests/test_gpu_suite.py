@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 
 SUITE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_suite.py")
 PARTS = ("jax_step", "torch_step", "jax_sampler", "torch_sampler")  # torch.compile: too slow here
-BUDGET_S = 55
+BUDGET_S = 240  # about 50 s on 2 idle cores; generous for shared CI hosts
 
 
 @pytest.mark.slow

@@ -46,3 +46,14 @@ def test_training_inference_and_export_import_no_torch():
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_every_source_folder_is_an_installed_package():
+  """A folder of modules without ``__init__.py`` works from a checkout but is left out of a
+  wheel by ``find_packages``."""
+  from setuptools import find_packages  # pylint: disable=import-outside-toplevel
+  packages = set(find_packages(ROOT, include=["seamless_jax", "seamless_jax.*"]))
+  folders = {os.path.relpath(d, ROOT).replace(os.sep, ".")
+             for d, _, files in os.walk(os.path.join(ROOT, "seamless_jax"))
+             if any(f.endswith(".py") for f in files)}
+  assert folders <= packages, sorted(folders - packages)
