@@ -12,9 +12,8 @@ table row per batch size, ready for docs/benchmarks.md.
 import argparse
 import datetime
 import os
-import platform
+import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,22 +23,13 @@ import torch
 from seamless_jax import convert
 from seamless_jax.models import presets
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sampler import hardware, median_seconds  # pylint: disable=wrong-import-position  (benchmarks/)
+
 
 def time_call(fn, repeats):
   fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def hardware() -> str:
-  devices = jax.devices()
-  if devices[0].platform == "cpu":
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-  return f"{devices[0].device_kind} x{len(devices)}"
+  return median_seconds(fn, repeats)
 
 
 def main():
