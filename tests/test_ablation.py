@@ -21,7 +21,9 @@ def _config(scale_name: str, stage: str, **kwargs):
 
 
 def test_sd15_stage_configs_keep_the_paper_settings():
-  vae = _config("sd15", "eq6_vae", lpips_path="/ckpt/lpips.safetensors")
+  vae = _config("sd15", "eq6_vae", lpips_path="/ckpt/lpips.safetensors",
+                data_source="arrayrecord")
+  assert vae.data.source == "arrayrecord"
   assert vae.mode == "vae_finetune" and vae.model == "sd15"
   assert vae.pretrained == "/ckpt/sd15" and vae.data.path == "/data/laion"
   assert not vae.vae.train_encoder and vae.vae.blend        # Eq. 6, decoder only

@@ -4,7 +4,8 @@
     python -m seamless_jax.experiments.ablation --scale smoke --workdir /tmp/ablation_smoke
     python -m seamless_jax.experiments.ablation --scale sd15 --workdir runs/ablation_sd15 \\
         --pretrained /ckpt/stable-diffusion-v1-5 --lpips /ckpt/lpips_vgg.safetensors \\
-        --data /data/laion --eval-images /data/brushbench/images
+        --data '/data/laion/*.arrayrecord' --data-source arrayrecord \\
+        --eval-images /data/brushbench/images
 
 Stages (each is skipped when its output exists, so a rerun resumes):
   data       small scales: the bundled demo photos at ``resolution``, split into
@@ -201,7 +202,7 @@ def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict
       pretrained=starts.get(stage, paths.base), train_data=paths.train_data,
       tokenizer_dir=paths.tokenizer(),
       vae_pretrained=paths.base_vae if stage == "base_unet" else "",
-      lpips_path=args.lpips, seed=args.seed)
+      lpips_path=args.lpips, seed=args.seed, data_source=args.data_source)
   if args.steps:
     config.total_steps = args.steps
     config.checkpoint_every = min(int(config.checkpoint_every), args.steps)
@@ -209,11 +210,13 @@ def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict
 
 
 def _record_time(paths: Paths, stage: str, seconds: float) -> None:
+  """Adds a training stage's time (a resumed run adds up); other stages replace theirs."""
   timings = {}
   if os.path.isfile(paths.timings):
     with open(paths.timings, encoding="utf-8") as f:
       timings = json.load(f)
-  timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
+  before = timings.get(stage, 0.0) if stage in TRAIN_STAGES else 0.0
+  timings[stage] = round(before + seconds, 1)
   with open(paths.timings, "w", encoding="utf-8") as f:
     json.dump(timings, f, indent=1)
 
@@ -234,6 +237,18 @@ def hardware() -> str:
   return f"{what}; {platform.system()} {platform.release()}; jax {jax.__version__}"
 
 
+def record_invocation(path: str, scale_name: str) -> None:
+  """Appends this command line to ``path`` (the report lists every command that ran)."""
+  info = {}
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+  commands = info.get("commands", [info["argv"]] if "argv" in info else [])
+  info.update(scale=scale_name, hardware=hardware(), commands=commands + [list(sys.argv)])
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=1)
+
+
 def run(args) -> None:
   scale = scales_lib.get_scale(args.scale, eval_images=args.eval_count,
                                num_inference_steps=args.inference_steps)
@@ -252,8 +267,7 @@ def run(args) -> None:
       raise ValueError(f"--stages: unknown stage {stage!r}; expected some of {ALL_STAGES}")
   if not scale.from_scratch:
     stages = [s for s in stages if s not in ("data", "init", "base_vae", "base_unet")]
-  with open(os.path.join(paths.root, "ablation_args.json"), "w", encoding="utf-8") as f:
-    json.dump({"argv": sys.argv, "scale": scale.name, "hardware": hardware()}, f, indent=1)
+  record_invocation(os.path.join(paths.root, "ablation_args.json"), scale.name)
   for stage in stages:
     print(f"=== ablation stage {stage} ({scale.name})", flush=True)
     start = time.time()
@@ -288,6 +302,8 @@ def parse_args(argv=None):
   p.add_argument("--configs", default="", help="the checkout's configs/ folder (default: found)")
   p.add_argument("--pretrained", default="", help="sd15: SD-1.5 diffusers folder (the base)")
   p.add_argument("--data", default="", help="sd15: training data (image folder or ArrayRecord)")
+  p.add_argument("--data-source", default="folder", choices=("folder", "arrayrecord", "tfds"),
+                 help="sd15: format of --data (config.data.source)")
   p.add_argument("--eval-images", default="", help="sd15: held-out image folder to evaluate on")
   p.add_argument("--lpips", default="", help="converted LPIPS safetensors (VAE loss, required "
                                              "at sd15)")

@@ -306,12 +306,13 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 # ============================================================================ driver
 
 def _example_indices(cases: list[dict]) -> list[int]:
-  """The first ``EXAMPLES`` cases of each kind at the first seed."""
+  """``EXAMPLES`` cases of each kind at the first seed, on images spread over the set."""
   first = cases[0]["seed"]
   chosen = []
   for kind in KINDS:
-    chosen += [i for i, c in enumerate(cases) if c["seed"] == first and c["kind"] == kind
-               ][:EXAMPLES]
+    pool = [i for i, c in enumerate(cases) if c["seed"] == first and c["kind"] == kind]
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(EXAMPLES, len(pool))).round())
+    chosen += [pool[int(j)] for j in picks]
   return chosen
 
 

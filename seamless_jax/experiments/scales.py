@@ -153,7 +153,8 @@ STAGE_MODES = {"base_vae": "vae_finetune", "base_unet": "standard", "eq6_vae": "
 
 def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
                  train_data: str, tokenizer_dir: str, vae_pretrained: str = "",
-                 lpips_path: str = "", seed: int = 0) -> ml_collections.ConfigDict:
+                 lpips_path: str = "", seed: int = 0,
+                 data_source: str = "folder") -> ml_collections.ConfigDict:
   """The training config of ``stage`` (a key of :data:`STAGE_MODES`) at ``scale``.
 
   ``pretrained``: the diffusers folder the stage starts from (the random init for the base
@@ -169,6 +170,7 @@ def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
   c.vae_pretrained = vae_pretrained
   c.seed = seed
   c.dtype = scale.dtype
+  c.data.source = data_source
   c.data.path = train_data
   c.data.tokenizer_dir = tokenizer_dir
   c.data.resolution = scale.resolution
