@@ -188,7 +188,7 @@ def plot_closeups(truth, keep, columns: list[tuple[str, np.ndarray]], out_path: 
           (w0 - 0.5, h0 - 0.5), zoom, zoom, fill=False, edgecolor="yellow", linewidth=1))
     axes[2 * i + 1, 0].set_ylabel("close-up", fontsize=8)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
   save_figure(fig, out_path, dpi=80)
   plt.close(fig)
 
