@@ -204,10 +204,7 @@ def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
   tokenizer = _workdir_tokenizer(config, workdir)
   models = models_lib.build_models(config, vocab_size=tokenizer.vocab_size,
                                    with_unet_params=False)
-  if models.unet is not None:
-    models = dataclasses.replace(models, unet_params=restored)  # skips the UNet's random init
-  _, frozen = state_lib.initial_params(config, models)
-  frozen = jax.tree.map(np.asarray, frozen)
+  frozen = jax.tree.map(np.asarray, state_lib.initial_frozen_params(config, models))
   return WorkdirModel(workdir, config, chosen, ema, restored, frozen, models, tokenizer)
 
 

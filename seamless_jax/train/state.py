@@ -15,6 +15,7 @@ rebuilt from ``config.pretrained`` / the seed at every start and not checkpointe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -151,25 +152,21 @@ def init_keys(config) -> tuple[jax.Array, jax.Array]:
   return tuple(jax.random.split(jax.random.PRNGKey(int(config.seed))))
 
 
-def initial_params(config, models) -> tuple[Any, Any]:
-  """``(trainable, frozen)`` params exactly as training starts them, on the default device.
+def initial_frozen_params(config, models) -> Any:
+  """``frozen`` exactly as training starts it (the parts that are never checkpointed).
 
   Random parts come from the same key as in :func:`create_train_state`, so a tiny model's
-  frozen VAE/text encoder (not checkpointed) is rebuilt bit-for-bit from ``config.seed``.
+  frozen VAE/text encoder is rebuilt bit-for-bit from ``config.seed``; the trainable params
+  are neither initialised nor moved to the device (a restore supplies them).
   """
   init_key, _ = init_keys(config)
-  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
+  host = {"vae": models.vae_params, "text": models.text_params}
   host = {k: v for k, v in host.items() if v is not None}
 
   def init(key, pretrained):  # under jit, as in create_train_state (eager init rounds differently)
-    return _random_params(config, _with_params(models, pretrained), key)
+    m = dataclasses.replace(_with_params(models, pretrained), unet_params={})  # skip UNet init
+    return _random_params(config, m, key)[1]
   return jax.jit(init)(init_key, host)
-
-
-def abstract_trainable_params(config, models):
-  """``jax.ShapeDtypeStruct`` tree of ``state.params`` for ``config.mode`` (no allocation)."""
-  return jax.eval_shape(lambda key: _random_params(config, models, key)[0],
-                        init_keys(config)[0])
 
 
 def _new_state(params, tx, rng) -> TrainState:
@@ -212,7 +209,6 @@ def tree_shardings_for_state(abstract_state: TrainState, mesh, min_size: int):
 
 
 def _with_params(models, pretrained: dict):
-  import dataclasses  # pylint: disable=import-outside-toplevel
   return dataclasses.replace(models, unet_params=pretrained.get("unet"),
                              vae_params=pretrained.get("vae"),
                              text_params=pretrained.get("text"))
