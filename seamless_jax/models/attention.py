@@ -6,7 +6,8 @@ All attention goes through :func:`attend`, which picks the kernel per call with
 * ``None`` / ``''`` (default, automatic): cuDNN flash attention
   (``jax.nn.dot_product_attention(implementation='cudnn')``) on GPU wherever its rules hold
   (fp16/bf16, head dim a multiple of 8 and <= 128, <= 256 from Hopper on); on TPU the Pallas
-  flash kernel where the sequence lengths tile by 128; XLA's einsum-softmax everywhere else
+  flash kernel where the sequence lengths tile by 128; :func:`softmax_attention` (two einsums
+  around a float32 softmax, with a hand-written VJP) everywhere else
   (CPU, float32, the VAE mid-block's single 512-wide head, the 77-token cross-attention on TPU).
 * ``'xla'``: XLA on every call.
 * ``'cudnn'`` / ``'pallas'``: the kernel on every call whose head dim / lengths it takes, XLA for
@@ -106,6 +107,53 @@ def _pallas_flash(q, k, v, is_causal: bool) -> jax.Array:
   return jnp.swapaxes(out, 1, 2)
 
 
+def _softmax_attention_fwd(q, k, v, is_causal):
+  """Scores, float32 softmax and weighted values on (B, L, N, H); keeps what the VJP needs."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bqnh,bknh->bnqk", q * jnp.asarray(scale, q.dtype), k,
+                      preferred_element_type=jnp.float32)
+  if is_causal:
+    q_len, kv_len = scores.shape[-2:]
+    visible = jnp.tril(jnp.ones((q_len, kv_len), bool), kv_len - q_len)
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.swapaxes(jnp.einsum("bnqk,bnkh->bnqh", probs, jnp.swapaxes(v, 1, 2)), 1, 2)
+  return out, (q, k, v, probs, out)
+
+
+def _softmax_attention_bwd(is_causal, residuals, d_out):
+  """Flash-attention style gradient: dS = P ⊙ (dP − rowsum(dO ⊙ O)), from the saved P."""
+  del is_causal  # masked positions have P = 0, hence dS = 0
+  q, k, v, probs, out = residuals
+  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+  d_v = jnp.einsum("bnqk,bqnh->bknh", probs, d_out)
+  d_probs = jnp.einsum("bqnh,bknh->bnqk", d_out, v, preferred_element_type=jnp.float32)
+  row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (B, L, N)
+  d_scores = (probs * (d_probs - jnp.swapaxes(row_dot, 1, 2)[..., None])).astype(q.dtype)
+  d_q = jnp.einsum("bnqk,bknh->bqnh", d_scores, k) * scale
+  d_k = jnp.einsum("bnqk,bqnh->bknh", d_scores, q) * scale
+  return d_q, d_k, d_v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      is_causal: bool = False) -> jax.Array:
+  """XLA attention on (B, L, N, H) q and (B, S, N, H) k/v -> (B, L, N, H).
+
+  Two einsums around a float32 softmax, with a hand-written VJP that reuses the saved
+  probabilities and the output (``rowsum(dO ⊙ O)`` instead of ``rowsum(dP ⊙ P)``); the
+  second einsum runs in (B, N, L, H) order, which XLA's CPU backend fuses far better. On one
+  CPU core at 1024 tokens this is 12x faster forward and 3.4x faster forward+backward than
+  ``jax.nn.dot_product_attention(implementation='xla')`` (``benchmarks/attention.py``,
+  ``docs/benchmarks.md``); values and gradients agree to float32 rounding
+  (``tests/test_attention_select.py``).
+  """
+  return _softmax_attention_fwd(q, k, v, is_causal)[0]
+
+
+softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *,
            implementation: str | None = None, is_causal: bool = False) -> jax.Array:
   """Multi-head scaled dot-product attention with the kernel chosen for this call.
@@ -128,9 +176,11 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *,
                                  compute_capability=capability)
   if kernel == "pallas":
     out = _pallas_flash(split(q), split(k), split(v), is_causal)
-  else:
+  elif kernel == "cudnn":
     out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal,
-                                       implementation=kernel)
+                                       implementation="cudnn")
+  else:
+    out = softmax_attention(split(q), split(k), split(v), is_causal)
   return out.reshape(q.shape[0], q.shape[1], -1)
 
 
