@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)  # configs/
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # tiny.py: the tests' tiny configs
 
 import tiny  # pylint: disable=wrong-import-position
+from seamless_jax.data import transforms  # pylint: disable=wrong-import-position
 from seamless_jax.models import presets  # pylint: disable=wrong-import-position
 from seamless_jax.train import loop  # pylint: disable=wrong-import-position
 from seamless_jax.train import models as models_lib  # pylint: disable=wrong-import-position
@@ -48,12 +49,12 @@ MODEL_CONFIGS = {
 
 
 def random_batch(batch: int, resolution: int, seed: int = 0) -> dict:
-  """Images in [-1, 1], a centre hole (keep = 0) and token ids, as host numpy."""
+  """uint8 images, a centre hole (keep = 0) and token ids, as the data pipeline gives them."""
   rng = np.random.default_rng(seed)
   r = resolution
-  keep = np.ones((batch, r, r, 1), np.float32)
+  keep = np.ones((batch, r, r, 1), np.uint8)
   keep[:, r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 0
-  return {"image": rng.uniform(-1, 1, (batch, r, r, 3)).astype(np.float32), "keep": keep,
+  return {"image": rng.integers(0, 256, (batch, r, r, 3), dtype=np.uint8), "keep": keep,
           "input_ids": rng.integers(0, 990, (batch, 77)).astype(np.int32)}
 
 
@@ -78,10 +79,9 @@ def random_models(model: str):
     unet_cfg, vae_cfg, text_cfg = MODEL_CONFIGS[model]
     if model == "tiny":
       text_cfg = models_lib.tiny_text_config(vocab_size)
-    return models_lib.Models(vae=AutoencoderKL.from_config(vae_cfg, remat=cfg.remat, **rt),
-                             text=CLIPTextModel.from_config(text_cfg, remat=cfg.remat, **rt),
-                             unet=UNet2DConditionModel.from_config(unet_cfg, remat=cfg.remat,
-                                                                   **rt))
+    return models_lib.Models(vae=AutoencoderKL.from_config(vae_cfg, **rt),
+                             text=CLIPTextModel.from_config(text_cfg, **rt),
+                             unet=UNet2DConditionModel.from_config(unet_cfg, **rt))
   return build
 
 
@@ -155,8 +155,9 @@ def torch_step_benchmark(model: str, batch: dict, steps: int, repeats: int = 3,
   sched = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                   beta_end=0.012)
   ac = sched.alphas_cumprod.float().to(device)
-  image = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).to(device)
-  keep = torch.from_numpy(batch["keep"]).permute(0, 3, 1, 2).to(device)
+  inputs = transforms.model_inputs(batch)  # float32 image in [-1, 1] and keep, on the host
+  image = torch.from_numpy(inputs["image"]).permute(0, 3, 1, 2).to(device)
+  keep = torch.from_numpy(inputs["keep"]).permute(0, 3, 1, 2).to(device)
   ids = torch.from_numpy(batch["input_ids"]).long().clamp(max=text_cfg["vocab_size"] - 1)
   ids = ids.to(device)
   autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
@@ -222,13 +223,15 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
   parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
   parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--remat", default="", help="'' (off) or a config.remat_policy: "
+                      "nothing_saveable, dots_with_no_batch_dims_saveable, dots_saveable")
   parser.add_argument("--data_dir", default="/tmp/seamless_bench_data")
   parser.add_argument("--cache_dir", default="none",
                       help="persistent compilation cache ('none' = cold compile every run)")
   args = parser.parse_args()
   config = bench_config(args.model, args.batch, args.resolution, args.dtype, args.data_dir,
-                        remat=args.remat, compilation_cache_dir=args.cache_dir)
+                        remat=bool(args.remat), remat_policy=args.remat or "nothing_saveable",
+                        compilation_cache_dir=args.cache_dir)
   batch = random_batch(args.batch, args.resolution)
   jx = jax_step_benchmark(config, batch, args.steps, 0,
                           build_models=random_models(args.model) if args.model != "tiny" else None)

@@ -19,7 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae_pretrained = ""          # VAE replacing pretrained's: a VAE/SD folder or a vae_finetune
                                  # workdir (the Eq. 6 decoder: two-step samples/evals decode with it)
   c.dtype = "bfloat16"           # compute dtype: 'bfloat16' | 'float32' (params stay float32)
-  c.remat = False                # rematerialise UNet/VAE blocks (memory for compute)
+  c.frozen_dtype = "float32"     # storage of the frozen VAE/text encoder params: 'float32' |
+                                 # 'bfloat16' (half the memory; inference/export reload float32)
+  c.remat = False                # rematerialise every ResNet/transformer block (memory for compute)
+  c.remat_policy = "nothing_saveable"  # what a remat block keeps: 'nothing_saveable' |
+                                 # 'dots_with_no_batch_dims_saveable' | 'dots_saveable'
+                                 # (models/layers.py REMAT_POLICIES)
   c.attention = ""               # '' (per call: cuDNN flash on GPU / Pallas flash on TPU where
                                  # they apply, XLA elsewhere) | 'xla' | 'cudnn' | 'pallas'
                                  # (seamless_jax/models/attention.py)

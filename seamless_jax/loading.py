@@ -195,6 +195,8 @@ def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
       config.dtype = dtype
     if attention is not None:
       config.attention = attention
+    if "frozen_dtype" in config:  # a training-memory setting: load the frozen parts unrounded
+      config.frozen_dtype = "float32"
     config.pretrained = resolve_path(config.pretrained, workdir)
     if "vae_pretrained" in config:
       config.vae_pretrained = resolve_path(config.vae_pretrained, workdir)

@@ -7,7 +7,7 @@ import grain
 import numpy as np
 import pytest
 
-from seamless_jax.data import BadDataError, demo, get_data_config, make_dataset
+from seamless_jax.data import BadDataError, demo, get_data_config, make_dataset, transforms
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,17 @@ def _digest(image):
 
 def test_batch_format(demo_dir):
   batch = next(iter(make_dataset(_config(demo_dir), batch_size=4)))
-  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
-  assert batch["keep"].shape == (4, 32, 32, 1) and batch["keep"].dtype == np.float32
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  assert batch["keep"].shape == (4, 32, 32, 1) and batch["keep"].dtype == np.uint8
   assert batch["input_ids"].shape == (4, 77) and batch["input_ids"].dtype == np.int32
   assert batch["num_skipped"].shape == (4,) and batch["num_skipped"].dtype == np.int32
-  assert -1.0 <= batch["image"].min() < 0 < batch["image"].max() <= 1.0
-  assert set(np.unique(batch["keep"])) <= {0.0, 1.0} and 0 < batch["keep"].mean() < 1
+  assert batch["image"].min() < 127 < batch["image"].max()
+  assert set(np.unique(batch["keep"])) <= {0, 1} and 0 < batch["keep"].mean() < 1
+  inputs = transforms.model_inputs(batch)  # what the train step feeds the models
+  assert inputs["image"].dtype == inputs["keep"].dtype == np.float32
+  np.testing.assert_allclose(inputs["image"], batch["image"] / 127.5 - 1.0, atol=1e-6)
+  np.testing.assert_array_equal(inputs["keep"], batch["keep"])
+  assert set(inputs) == {"image", "keep", "input_ids"}
 
 
 def test_same_seed_same_batches_other_seed_differs(demo_dir):

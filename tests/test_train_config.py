@@ -57,6 +57,7 @@ def test_unknown_variant():
     ("mode", "twostep", "config.mode='twostep'"),
     ("parallelism", "pmap", "config.parallelism='pmap'"),
     ("dtype", "bf16", "config.dtype='bf16'"),
+    ("remat_policy", "dots", "config.remat_policy='dots'"),
     ("batch_size", 0, "config.batch_size must be > 0"),
 ])
 def test_bad_values_name_the_field(field, value, message):

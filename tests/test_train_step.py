@@ -9,6 +9,7 @@ import pytest
 from seamless_jax.data import pipeline
 from seamless_jax.train import loop
 from seamless_jax.train import sharding as shd
+from seamless_jax.train import steps as steps_lib
 import tiny
 
 
@@ -42,21 +43,18 @@ def _copy(tree):
   return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
-def test_nan_batch_is_skipped_and_counted(trainer):
+def test_nonfinite_step_is_skipped_and_counted(trainer):
   config = trainer.config
-  good = _batches(config, 1)[0]
-  bad = dict(good, image=np.full_like(good["image"], np.nan))
-  put = lambda b: shd.shard_batch(b, trainer.mesh)
-
+  good = shd.shard_batch(_batches(config, 1)[0], trainer.mesh)
   before = _copy((trainer.state.params, trainer.state.opt_state, trainer.state.ema_params))
-  state, metrics = trainer.step_fn(_fresh(trainer), trainer.frozen, put(bad))
+  state, metrics = trainer.step_fn(_fresh(trainer), tiny.nan_frozen(trainer.frozen), good)
   assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
   assert int(state.step) == 1 and int(state.skipped) == 1 and int(state.nonfinite_streak) == 1
   after = _copy((state.params, state.opt_state, state.ema_params))
   for a, b in zip(_leaves(before), _leaves(after)):
     np.testing.assert_array_equal(a, b)  # nothing changed, bitwise
 
-  state, metrics = trainer.step_fn(state, trainer.frozen, put(good))
+  state, metrics = trainer.step_fn(state, trainer.frozen, good)
   assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
   assert int(state.nonfinite_streak) == 0 and int(state.skipped) == 1
   changed = [not np.array_equal(a, b) for a, b in zip(_leaves(before[0]), _leaves(state.params))]
@@ -96,6 +94,21 @@ def test_ema_follows_params(trainer):
     np.testing.assert_allclose(e, d * o + (1 - d) * p, rtol=1e-6, atol=1e-7)
 
 
+def test_bfloat16_frozen_params_halve_their_size_and_keep_the_loss(trainer, data_dir):
+  """config.frozen_dtype='bfloat16': frozen VAE/text leaves are bf16 (trainable ones and the
+  float32 trainer's frozen ones are not) and the first loss is within 1 % of float32's."""
+  low = loop.setup(tiny.tiny_config("two_step", data_dir, frozen_dtype="bfloat16"))
+  floats = lambda tree: [x.dtype for x in jax.tree_util.tree_leaves(tree)
+                         if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert set(floats(low.frozen)) == {jnp.dtype(jnp.bfloat16)}
+  assert set(floats(trainer.frozen)) == set(floats(low.state.params)) == {jnp.dtype(jnp.float32)}
+  batch = shd.shard_batch(_batches(trainer.config, 1)[0], trainer.mesh)
+  _, ref = trainer.step_fn(_fresh(trainer), trainer.frozen, batch)
+  _, got = low.step_fn(_fresh(low), low.frozen, batch)
+  assert float(got["loss"]) != float(ref["loss"])  # the rounding reached the loss
+  assert float(got["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-2)
+
+
 def test_vae_finetune_step_trains_decoder_only(data_dir):
   config = tiny.tiny_config("vae_finetune", data_dir, vae__disc_start=0)
   trainer = loop.setup(config)
@@ -114,8 +127,21 @@ def test_vae_finetune_step_trains_decoder_only(data_dir):
                                        else state.params["vae"][name])))
 
 
+POISON = 2  # a keep value the pipeline never yields: marks a batch whose image becomes NaN
+
+
+def _model_inputs_with_poison(batch):
+  """``transforms.model_inputs`` that turns images whose ``keep`` is POISON into NaN (uint8
+  batches cannot carry a NaN from the host)."""
+  inputs = _REAL_MODEL_INPUTS(batch)
+  return dict(inputs, image=jnp.where(batch["keep"] == POISON, jnp.nan, inputs["image"]))
+
+
+_REAL_MODEL_INPUTS = steps_lib.transforms.model_inputs
+
+
 class _PoisonIterator(grain.DatasetIterator):
-  """Yields NaN images from batch index ``start`` on (1-based steps ``start+1, ...``)."""
+  """Marks batches from index ``start`` on as NaN (1-based steps ``start+1, ...``)."""
 
   def __init__(self, parent, start):
     super().__init__(parent)
@@ -125,7 +151,7 @@ class _PoisonIterator(grain.DatasetIterator):
     batch = next(self._parent)
     self._count += 1
     if self._count > self._start:
-      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      batch = dict(batch, keep=np.full_like(batch["keep"], POISON))
     return batch
 
   def get_state(self):
@@ -147,6 +173,7 @@ def test_nonfinite_streak_stops_run_keeping_last_good_checkpoint(data_dir, tmp_p
       return _PoisonIterator(iter(self._parent), start=4)
 
   monkeypatch.setattr(loop.pipeline, "make_dataset", lambda *a, **k: Poisoned(real(*a, **k)))
+  monkeypatch.setattr(steps_lib.transforms, "model_inputs", _model_inputs_with_poison)
   config = tiny.tiny_config("two_step", data_dir, total_steps=20, checkpoint_every=2,
                                log_every=1, max_nonfinite_steps=3)
   workdir = str(tmp_path / "run")

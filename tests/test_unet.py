@@ -144,10 +144,12 @@ def test_bfloat16_compute_close_to_float32():
   assert rel < BF16_REL_TOL, f"bf16 relative error {rel:.3e}"
 
 
-def test_remat_and_attention_switch_compute_the_same_function():
+@pytest.mark.parametrize("remat", [True, "dots_with_no_batch_dims_saveable", "dots_saveable"])
+def test_remat_and_attention_switch_compute_the_same_function(remat):
+  """Every remat policy gives the same loss and gradients (max abs error 1e-6)."""
   config = VARIANTS["conv_proj_4ch"]
   base = UNet2DConditionModel.from_config(config)
-  variant = UNet2DConditionModel.from_config(config, remat=True, attention_implementation="xla")
+  variant = UNet2DConditionModel.from_config(config, remat=remat, attention_implementation="xla")
   params = base.init(jax.random.PRNGKey(0), *base.dummy_inputs())["params"]
   # Same parameter tree (names unchanged by remat) and the same outputs and grads.
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
@@ -162,6 +164,30 @@ def test_remat_and_attention_switch_compute_the_same_function():
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _saved_residual_bytes(module, params, inputs) -> int:
+  """Bytes the forward pass keeps for the backward pass (the VJP's residuals)."""
+  fwd = lambda p: module.apply({"params": p}, *inputs)
+  _, vjp_fn = jax.vjp(fwd, params)
+  return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(vjp_fn)
+             if hasattr(x, "dtype"))
+
+
+def test_remat_policies_keep_what_they_name():
+  """Each policy keeps more than the one before it, no remat keeps most; an unknown policy is
+  an error listing the valid ones."""
+  config = VARIANTS["conv_proj_4ch"]
+  inputs = unet_inputs(config)
+  base = UNet2DConditionModel.from_config(config)
+  params = base.init(jax.random.PRNGKey(0), *base.dummy_inputs())["params"]
+  kept = {remat: _saved_residual_bytes(base.clone(remat=remat), params, inputs)
+          for remat in (False, "nothing_saveable", "dots_with_no_batch_dims_saveable",
+                        "dots_saveable")}
+  assert (kept["nothing_saveable"] < kept["dots_with_no_batch_dims_saveable"]
+          < kept["dots_saveable"] < kept[False])
+  with pytest.raises(ValueError, match="remat='dots' is not one of False, True"):
+    convert.param_shapes(base.clone(remat="dots"))
 
 
 def test_unsupported_config_is_an_error_naming_the_key(tmp_path):

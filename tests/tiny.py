@@ -37,3 +37,14 @@ def tiny_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigD
       target = target[part]
     target[parts[-1]] = value
   return config
+
+
+def nan_frozen(frozen):
+  """A copy of a trainer's ``frozen`` params with one NaN in the VAE encoder's ``conv_in`` bias:
+  every latent, hence the loss, becomes NaN (pipeline batches are uint8 and cannot hold one)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  poisoned = jax.tree.map(jnp.copy, frozen)
+  conv_in = poisoned["vae"]["encoder"]["conv_in"]
+  conv_in["bias"] = conv_in["bias"].at[0].set(jnp.nan)
+  return poisoned

@@ -1,8 +1,9 @@
 """Grain input pipeline: ``make_dataset(data_config, batch_size=...)`` -> ``grain.IterDataset``.
 
 Batches (numpy, per host):
-  ``image``       (B, R, R, 3) float32 in [-1, 1]
-  ``keep``        (B, R, R, 1) float32, 1 = known pixel
+  ``image``       (B, R, R, 3) uint8 pixels (``transforms.image_to_float``: float32 in [-1, 1])
+  ``keep``        (B, R, R, 1) uint8, 1 = known pixel
+                  (the train step converts both on the device: ``transforms.model_inputs``)
   ``input_ids``   (B, 77) int32
   ``num_skipped`` (B,) int32: bad records dropped right before each example (by the process that
                   read it). Sum it over batches for the number of skipped records; this works

@@ -113,8 +113,8 @@ class ExamplePreparer:
     if rng.uniform() < self.caption_dropout:
       text = ""
     return {
-        "image": pixels.astype(np.float32) / 127.5 - 1.0,
-        "keep": keep,
+        "image": np.ascontiguousarray(pixels),
+        "keep": keep.astype(np.uint8),
         "input_ids": self.tokenizer([str(text)], self.max_length)[0],
     }
 
@@ -123,3 +123,23 @@ def _pre_crop_size(width: int, height: int, resolution: int) -> tuple[int, int]:
   """Size (w, h) of an image of (width, height) after the shorter-side resize."""
   scale = resolution / min(width, height)
   return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
+# ============================================================================ host -> model
+
+def image_to_float(image):
+  """uint8 pixels -> float32 in [-1, 1] (numpy or jax arrays); float input is returned as is."""
+  return image.astype(np.float32) / 127.5 - 1.0 if image.dtype == np.uint8 else image
+
+
+def model_inputs(batch: dict) -> dict:
+  """A pipeline batch -> what the models take: ``image`` float32 in [-1, 1] (B,R,R,3), ``keep``
+  float32 in {0, 1} (B,R,R,1), ``input_ids``; other keys are dropped.
+
+  The train step calls it inside jit, so batches cross the host -> device link as uint8 (a
+  quarter of float32's bytes); float batches pass through unchanged.
+  """
+  keep = batch["keep"]
+  return {"image": image_to_float(batch["image"]),
+          "keep": keep if keep.dtype == np.float32 else keep.astype(np.float32),
+          "input_ids": batch["input_ids"]}

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seamless_jax.models.layers import conv1x1, dense, group_norm
+from seamless_jax.models.layers import Remat, conv1x1, dense, group_norm, maybe_remat
 
 Dtype = Any
 
@@ -268,14 +268,14 @@ class Transformer2DModel(nn.Module):
   use_linear_projection: bool = False
   num_layers: int = 1
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     batch, height, width, channels = x.shape
     inner = self.heads * self.head_dim
-    block_cls = nn.remat(BasicTransformerBlock) if self.remat else BasicTransformerBlock
+    block_cls = maybe_remat(BasicTransformerBlock, self.remat)
 
     h = group_norm(self.groups, 1e-6, "norm")(x).astype(self.dtype)
     if self.use_linear_projection:

@@ -16,6 +16,43 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+Remat = Any  # False/'' (off), True (= 'nothing_saveable') or a name in REMAT_POLICIES
+
+
+# What a rematerialised block keeps from its forward pass (config.remat_policy); the rest is
+# recomputed in the backward pass. 'dots_saveable' keeps every matmul and convolution output,
+# 'dots_with_no_batch_dims_saveable' the projections and convolutions but not the attention
+# score/probability matrices (batched matmuls), 'nothing_saveable' only the block inputs.
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def remat_policy_name(remat: Remat) -> str | None:
+  """``remat`` (bool or policy name) -> the policy name, ``None`` when off.
+
+  Raises:
+    ValueError: an unknown name (the message lists the valid ones).
+  """
+  if remat is True:
+    return "nothing_saveable"
+  if not remat:
+    return None
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r} is not one of False, True, {sorted(REMAT_POLICIES)}")
+  return remat
+
+
+def maybe_remat(block_cls, remat: Remat):
+  """``block_cls`` wrapped in ``nn.remat`` with the policy ``remat`` names (unchanged when off).
+
+  Every ResNet block, transformer block and CLIP layer is one remat boundary; the param tree is
+  the same either way.
+  """
+  name = remat_policy_name(remat)
+  return block_cls if name is None else nn.remat(block_cls, policy=REMAT_POLICIES[name])
 
 
 def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:

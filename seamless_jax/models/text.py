@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from seamless_jax.models import config_utils
 from seamless_jax.models.attention import attend
-from seamless_jax.models.layers import dense
+from seamless_jax.models.layers import Remat, dense, maybe_remat
 
 Dtype = Any
 
@@ -74,7 +74,7 @@ class CLIPTextModel(nn.Module):
   # Not part of a transformers config: how to run, not what to compute.
   dtype: Dtype = jnp.float32
   attention_implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
 
   @classmethod
   def from_config(cls, config: dict, **runtime) -> "CLIPTextModel":
@@ -124,7 +124,7 @@ class CLIPTextTransformer(nn.Module):
   hidden_act: str = "quick_gelu"
   eps: float = 1e-5
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -167,12 +167,12 @@ class CLIPEncoder(nn.Module):
   hidden_act: str = "quick_gelu"
   eps: float = 1e-5
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
-    cls = nn.remat(CLIPEncoderLayer) if self.remat else CLIPEncoderLayer
+    cls = maybe_remat(CLIPEncoderLayer, self.remat)
     for i in range(self.num_layers):
       h = cls(self.hidden_size, self.intermediate_size, self.heads, hidden_act=self.hidden_act,
               eps=self.eps, implementation=self.implementation, dtype=self.dtype,

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from seamless_jax.models import config_utils
 from seamless_jax.models.attention import Transformer2DModel
-from seamless_jax.models.layers import (Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, dense,
-                                        group_norm, timestep_embedding)
+from seamless_jax.models.layers import (Downsample2D, Remat, ResnetBlock2D, Upsample2D, conv3x3,
+                                        dense, group_norm, maybe_remat, timestep_embedding)
 
 Dtype = Any
 
@@ -85,7 +85,7 @@ class UNet2DConditionModel(nn.Module):
   # Not part of a diffusers config: how to run, not what to compute.
   dtype: Dtype = jnp.float32
   attention_implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
 
   CONFIG_CLASS = "UNet2DConditionModel"
 
@@ -170,11 +170,11 @@ class _BlockBase(nn.Module):
   eps: float = 1e-5
   use_linear_projection: bool = False
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   def resnet(self, name: str) -> ResnetBlock2D:
-    cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
+    cls = maybe_remat(ResnetBlock2D, self.remat)
     return cls(self.out_channels, groups=self.groups, eps=self.eps, dtype=self.dtype, name=name)
 
   def transformer(self, name: str) -> Transformer2DModel:

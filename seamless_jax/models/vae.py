@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from seamless_jax.models import config_utils
 from seamless_jax.models.attention import attend
-from seamless_jax.models.layers import (Downsample2D, ResnetBlock2D, Upsample2D, conv3x3, dense,
-                                        group_norm)
+from seamless_jax.models.layers import (Downsample2D, Remat, ResnetBlock2D, Upsample2D, conv3x3,
+                                        dense, group_norm, maybe_remat)
 
 Dtype = Any
 
@@ -68,7 +68,7 @@ class AutoencoderKL(nn.Module):
   # Not part of a diffusers config: how to run, not what to compute.
   dtype: Dtype = jnp.float32
   attention_implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
 
   @classmethod
   def from_config(cls, config: dict, **runtime) -> "AutoencoderKL":
@@ -154,7 +154,7 @@ class _CoderBase(nn.Module):
   groups: int = 32
   add_attention: bool = True
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   def mid_block(self, h: jax.Array) -> jax.Array:
@@ -201,11 +201,11 @@ class _ResnetStack(nn.Module):
   out_channels: int
   num_layers: int = 2
   groups: int = 32
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   def resnets(self, h: jax.Array) -> jax.Array:
-    cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
+    cls = maybe_remat(ResnetBlock2D, self.remat)
     for j in range(self.num_layers):
       h = cls(self.out_channels, groups=self.groups, eps=RESNET_EPS, use_temb=False,
               dtype=self.dtype, name=f"resnets_{j}")(h)
@@ -242,12 +242,12 @@ class MidBlock(nn.Module):
   groups: int = 32
   add_attention: bool = True
   implementation: str | None = None
-  remat: bool = False
+  remat: Remat = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
-    cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
+    cls = maybe_remat(ResnetBlock2D, self.remat)
     resnet = lambda name: cls(self.channels, groups=self.groups, eps=RESNET_EPS,  # noqa: E731
                               use_temb=False, dtype=self.dtype, name=name)
     h = resnet("resnets_0")(h)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from seamless_jax.models.layers import REMAT_POLICIES
 from seamless_jax.train import models as models_lib
 
 MODES = ("vae_finetune", "two_step", "standard")
@@ -19,6 +20,8 @@ CHOICES = {
     "parallelism": ("jit", "shard_map"),
     "lr_schedule": ("cosine", "constant"),
     "attention": ("", "xla", "cudnn", "pallas"),
+    "remat_policy": tuple(REMAT_POLICIES),
+    "frozen_dtype": ("float32", "bfloat16"),
     "two_step.second_t": ("prev", "same"),
     "two_step.keep_method": ("nearest", "nearest_corner", "area", "min", "max"),
 }

@@ -28,6 +28,7 @@ from absl import logging
 
 from seamless_jax.data import masks as masks_lib
 from seamless_jax.data import pipeline
+from seamless_jax.data import transforms
 from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.eval import metrics as metrics_lib
@@ -102,8 +103,8 @@ def global_batch_arrays(batch: dict, mesh) -> dict:
 def abstract_batch(config, mesh) -> dict:
   b, r = int(config.batch_size), int(config.data.resolution)
   sharding = shd.batch_sharding(mesh)
-  return {"image": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32, sharding=sharding),
-          "keep": jax.ShapeDtypeStruct((b, r, r, 1), jnp.float32, sharding=sharding),
+  return {"image": jax.ShapeDtypeStruct((b, r, r, 3), jnp.uint8, sharding=sharding),
+          "keep": jax.ShapeDtypeStruct((b, r, r, 1), jnp.uint8, sharding=sharding),
           "input_ids": jax.ShapeDtypeStruct((b, int(config.data.max_length)), jnp.int32,
                                             sharding=sharding)}
 
@@ -212,7 +213,7 @@ class Sampler:
     data_config.center_crop, data_config.random_flip = True, False
     data = pipeline.make_dataset(data_config, batch_size=n, seed=int(config.seed) + 1)
     batch = next(iter(data))
-    image = np.asarray(batch["image"], np.float32)
+    image = transforms.image_to_float(np.asarray(batch["image"]))
     keep, self.kinds = self.seam_masks(image, masks_lib.MaskMixture.from_config(
         config.data.masks), seed=int(config.seed) + 3)
     self.batch_host = {"image": image, "keep": keep, "input_ids": np.asarray(batch["input_ids"])}

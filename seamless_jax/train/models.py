@@ -36,7 +36,10 @@ class Models:
 
 
 def runtime_options(config) -> dict:
-  return dict(dtype=DTYPES[config.dtype], attention_implementation=config.attention or None)
+  """How the modules run: compute dtype, attention kernel, remat (off, or the policy's name)."""
+  remat = str(config.get("remat_policy", "nothing_saveable")) if config.remat else False
+  return dict(dtype=DTYPES[config.dtype], attention_implementation=config.attention or None,
+              remat=remat)
 
 
 def _require_folder(config, sub: str) -> str:
@@ -76,7 +79,7 @@ def build_models(config, vocab_size: int | None = None, *,
     from seamless_jax import loading  # pylint: disable=import-outside-toplevel
     vae, vae_params = loading.load_vae(config.vae_pretrained, dtype=config.dtype,
                                        attention=config.attention or None)
-    vae = vae.clone(remat=config.remat)
+    vae = vae.clone(remat=runtime_options(config)["remat"])
     models = dataclasses.replace(models, vae=vae, vae_params=_to_host(vae_params),
                                  scaling_factor=_scaling_factor(vae))
   return models
@@ -86,25 +89,23 @@ def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
   rt = runtime_options(config)
   need_unet = config.mode != "vae_finetune"
   if config.model == "tiny":
-    vae = AutoencoderKL.from_config(presets.TINY_VAE, remat=config.remat, **rt)
-    text = CLIPTextModel.from_config(tiny_text_config(vocab_size), remat=config.remat, **rt)
-    unet = (UNet2DConditionModel.from_config(presets.TINY_UNET, remat=config.remat, **rt)
+    vae = AutoencoderKL.from_config(presets.TINY_VAE, **rt)
+    text = CLIPTextModel.from_config(tiny_text_config(vocab_size), **rt)
+    unet = (UNet2DConditionModel.from_config(presets.TINY_UNET, **rt)
             if need_unet else None)
     return Models(vae=vae, text=text, unet=unet, scaling_factor=_scaling_factor(vae))
 
   from seamless_jax import convert  # pylint: disable=import-outside-toplevel
-  vae, vae_params = convert.load_vae(_require_folder(config, "vae"), remat=config.remat, **rt)
-  text, text_params = convert.load_text_encoder(_require_folder(config, "text_encoder"),
-                                                remat=config.remat, **rt)
+  vae, vae_params = convert.load_vae(_require_folder(config, "vae"), **rt)
+  text, text_params = convert.load_text_encoder(_require_folder(config, "text_encoder"), **rt)
   unet = unet_params = None
   if need_unet:
     unet_folder = _require_folder(config, "unet")
     if with_unet_params:
-      unet, unet_params = convert.load_unet(unet_folder, remat=config.remat, **rt)
+      unet, unet_params = convert.load_unet(unet_folder, **rt)
       unet_params = _to_host(unet_params)
     else:
-      unet = UNet2DConditionModel.from_config(convert.read_config(unet_folder),
-                                              remat=config.remat, **rt)
+      unet = UNet2DConditionModel.from_config(convert.read_config(unet_folder), **rt)
   return Models(vae=vae, text=text, unet=unet, vae_params=_to_host(vae_params),
                 text_params=_to_host(text_params), unet_params=unet_params,
                 scaling_factor=_scaling_factor(vae))

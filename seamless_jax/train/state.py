@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from seamless_jax.models.discriminator import NLayerDiscriminator
+from seamless_jax.train import compilation
 from seamless_jax.train import sharding as shd
 
 VAE_DECODER_PARTS = ("decoder", "post_quant_conv")
@@ -127,8 +128,22 @@ def make_discriminator(config) -> NLayerDiscriminator:
   return NLayerDiscriminator(n_layers=int(config.vae.disc_layers))
 
 
+def cast_frozen(config, frozen):
+  """``frozen`` with its float leaves in ``config.frozen_dtype`` ('bfloat16' halves the frozen
+  VAE/text encoder's memory and reads; the modules compute in ``config.dtype`` either way)."""
+  dtype = jnp.dtype(config.get("frozen_dtype", "float32"))
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      frozen)
+
+
 def _random_params(config, models, key) -> tuple[Any, Any]:
-  """(trainable, frozen) params for ``config.mode`` when nothing is pretrained (traceable)."""
+  """(trainable, frozen) params for ``config.mode`` (traceable): pretrained where given, random
+  otherwise; ``frozen`` in ``config.frozen_dtype``."""
+  trainable, frozen = _trainable_and_frozen(config, models, key)
+  return trainable, cast_frozen(config, frozen)
+
+
+def _trainable_and_frozen(config, models, key) -> tuple[Any, Any]:
   k_unet, k_vae, k_text, k_disc = jax.random.split(key, 4)
   vae_params = (models.vae_params if models.vae_params is not None
                 else models.vae.init(k_vae, *models.vae.dummy_inputs())["params"])
@@ -163,10 +178,17 @@ def initial_frozen_params(config, models) -> Any:
   host = {"vae": models.vae_params, "text": models.text_params}
   host = {k: v for k, v in host.items() if v is not None}
 
-  def init(key, pretrained):  # under jit, as in create_train_state (eager init rounds differently)
+  def init(key, pretrained):  # compiled as in create_train_state (other options round differently)
     m = dataclasses.replace(_with_params(models, pretrained), unet_params={})  # skip UNet init
     return _random_params(config, m, key)[1]
-  return jax.jit(init)(init_key, host)
+  return compile_init(jax.jit(init), init_key, host)(init_key, host)
+
+
+def compile_init(init_jit, *args):
+  """The jitted random init compiled for ``args`` with :func:`compilation.run_once_options`
+  (training and :func:`initial_frozen_params` must compile it alike to get the same bits)."""
+  return compilation.aot_compile(init_jit, *args, count_flops=False,
+                                 compiler_options=compilation.run_once_options()).fn
 
 
 def _new_state(params, tx, rng) -> TrainState:
@@ -199,7 +221,7 @@ def create_train_state(config, models, mesh, tx: optax.GradientTransformation
   state_shardings = tree_shardings_for_state(abstract_state, mesh, min_size)
   frozen_shardings = shd.tree_shardings(abstract_frozen, mesh, min_size)
   init_jit = jax.jit(init, out_shardings=(state_shardings, frozen_shardings), donate_argnums=1)
-  state, frozen = init_jit(init_key, host_dev)
+  state, frozen = compile_init(init_jit, init_key, host_dev)(init_key, host_dev)
   return state, state_shardings, frozen, frozen_shardings
 
 

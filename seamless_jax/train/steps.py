@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import losses
 from seamless_jax.models import layers
@@ -257,8 +258,9 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
                     lpips_fn_factory: Callable | None = None, donate: bool = True):
   """The jitted ``step(state, frozen, batch) -> (state, metrics)`` (see module doc).
 
-  ``batch``: ``image`` (B,R,R,3), ``keep`` (B,R,R,1), ``input_ids`` (B,77) global arrays sharded
-  over the batch axes. ``metrics``: replicated float32 scalars.
+  ``batch``: ``image`` (B,R,R,3), ``keep`` (B,R,R,1) (uint8 as the pipeline gives them, or
+  float32 in [-1, 1] / {0, 1}), ``input_ids`` (B,77) global arrays sharded over the batch axes.
+  ``metrics``: replicated float32 scalars.
   """
   batch_size = int(config.batch_size)
   num_micro = int(config.grad_accum_steps)
@@ -290,7 +292,7 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
     k_rand, k_loss = jax.random.split(key)
     rand = make_random_inputs(config, k_rand, batch_size, lat)
     rand = jax.lax.with_sharding_constraint(rand, batch_spec)
-    model_batch = {k: batch[k] for k in ("image", "keep", "input_ids")}
+    model_batch = transforms.model_inputs(batch)  # uint8 from the host -> float32
     grads, metrics = grads_fn(state.params, frozen, model_batch, rand, k_loss, state.step)
 
     grad_norm = optax.global_norm(grads)
