@@ -91,6 +91,12 @@ def peak_memory_gb() -> float | None:
   return peak / 2 ** 30 if peak else None
 
 
+def temp_memory_gb(compiled) -> float | None:
+  """XLA's temporary buffer size of an AOT-compiled step (``compilation.Compiled``), in GiB."""
+  stats = compiled.fn.memory_analysis()
+  return stats.temp_size_in_bytes / 2 ** 30 if stats is not None else None
+
+
 def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
                        build_models=None) -> dict:
   """Phase times and throughput of the JAX step built as training builds it.
@@ -100,7 +106,9 @@ def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
   Returns ``setup_s`` (``loop.setup``: models, random init, optimizer, EMA), ``lower_s``,
   ``compile_s``, ``first_step_s`` (set-up + lowering + compile + one step), ``steps_per_s``
   (median of ``repeats`` windows of ``steps`` steps), ``flops`` per step (all devices),
-  ``mfu`` (None without a known peak), ``peak_gb``.
+  ``mfu`` (None without a known peak), ``peak_gb``, ``temp_gb`` (the compiled step's XLA temporary
+  buffers, activations kept for the backward pass included: what remat policies change; known on
+  every backend, also where ``peak_gb`` is not).
   """
   if build_models is not None:
     loop.models_lib.build_models = build_models
@@ -131,7 +139,8 @@ def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
           "first_step_s": first_step_s, "steps_per_s": sps, "rates": rates,
           "flops": compiled.flops, "flops_per_device": flops_per_device, "peak_flops": peak,
           "mfu": flops_per_device * sps / peak if sps and flops_per_device and peak else None,
-          "peak_gb": peak_memory_gb(), "loss": float(metrics["loss"]), "run_window": run_window}
+          "peak_gb": peak_memory_gb(), "temp_gb": temp_memory_gb(compiled),
+          "loss": float(metrics["loss"]), "run_window": run_window}
 
 
 def torch_step_benchmark(model: str, batch: dict, steps: int, repeats: int = 3,
@@ -252,7 +261,8 @@ def main():
   dev = jax.devices()[0]
   print(f"JAX phases: set-up {jx['setup_s']:.1f}s, lowering {jx['lower_s']:.1f}s, compile "
         f"{jx['compile_s']:.1f}s, first step after {jx['first_step_s']:.1f}s; "
-        f"{(jx['flops'] or 0) / 1e9:.2f} GFLOP/step; windows (steps/s) JAX "
+        f"{(jx['flops'] or 0) / 1e9:.2f} GFLOP/step; XLA temp buffers "
+        f"{jx['temp_gb'] or 0:.3f} GiB; windows (steps/s) JAX "
         f"{np.round(jx['rates'], 3)}, PyTorch {np.round(pt['rates'], 3)}, per-window ratio "
         f"{np.round(ratios, 2)}")
   print(f"| {args.model} | {args.batch} | {r}² ({side}² latents) | {args.dtype} | "
