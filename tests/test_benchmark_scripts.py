@@ -33,3 +33,21 @@ def test_remat_memory_prints_every_policy_for_the_unet_and_the_control():
   assert policies == ["off", "nothing_saveable", "dots_with_no_batch_dims_saveable",
                       "dots_saveable", "off", "nothing_saveable"]
   assert all(float(r.strip("| ").split(" | ")[2]) > 0 for r in rows[1:])
+
+
+def test_conv_backward_prints_six_times_per_shape():
+  pytest.importorskip("torch")
+  rows = run("conv_backward.py", "--shapes=1x8x8x4x4", "--calls=1", "--repeats=1")
+  cells = rows[1].strip("| ").split(" | ")
+  assert cells[0] == "1x8x8x4x4" and len(cells) == 7
+
+
+def test_profile_unet_attributes_time_to_modules_and_primitives():
+  proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "profile_unet.py"),
+                         "--batch=1", "--latent=8", "--calls=1", "--top=50"],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  modules = proc.stdout.split("| module |")[1].split("| primitive |")[0]
+  primitives = proc.stdout.split("| primitive |")[1]
+  assert "attn1" in modules and "resnets/conv1" in modules
+  assert "bwd conv_general_dilated" in primitives and "fwd dot_general" in primitives
