@@ -25,7 +25,8 @@ from seamless_jax.train import flops as flops_lib
 CACHE_SUBDIR = "xla_cache"
 # LLVM's -O0 for the CPU and GPU backends. A random init is ~one threefry + truncated-normal
 # fusion per parameter leaf, run once: at -O0 the tiny config's init compiles in 9 instead of
-# 21 CPU s and still runs in 0.1 s. The train step and the sampler keep the default level.
+# 19 CPU s and still runs in 0.1 s (benchmarks/init_compile.py). The train step and the sampler
+# keep the default level.
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
