@@ -42,6 +42,23 @@ def median_ms(fn, calls: int, repeats: int) -> float:
   return statistics.median(windows)
 
 
+def shapes_parser(doc: str, default_shapes: str, shape_format: str) -> argparse.ArgumentParser:
+  """The flags of the micro-benchmarks here: ``--shapes`` (comma-separated ``shape_format``),
+  ``--calls`` per timed window, ``--repeats`` windows."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--shapes", default=default_shapes, help=f"comma-separated {shape_format}")
+  parser.add_argument("--calls", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=5)
+  return parser
+
+
+def print_header(columns: list[str]) -> None:
+  """The run's jax version and device, then a Markdown table header."""
+  print(f"jax {jax.__version__}, device {jax.devices()[0].device_kind}")
+  print("| " + " | ".join(columns) + " |")
+  print("|" + "---|" * len(columns))
+
+
 def jax_timings(fn, q, k, v, calls: int, repeats: int):
   """(forward ms, forward+backward ms, gradients) of ``fn(q, k, v)`` under jit."""
   forward = jax.jit(fn)
@@ -68,16 +85,11 @@ def torch_timings(q, k, v, calls: int, repeats: int):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated BxLxSxNxH")
-  parser.add_argument("--calls", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser = shapes_parser(__doc__, DEFAULT_SHAPES, "BxLxSxNxH")
   parser.add_argument("--no_torch", action="store_true")
   args = parser.parse_args()
-  print(f"jax {jax.__version__}, device {jax.devices()[0].device_kind}")
-  print("| B×L×S×N×H | ours fwd (ms) | jax.nn fwd | torch fwd | ours fwd+bwd | jax.nn fwd+bwd "
-        "| torch fwd+bwd | max abs grad diff |")
-  print("|---|---|---|---|---|---|---|---|")
+  print_header(["B×L×S×N×H", "ours fwd (ms)", "jax.nn fwd", "torch fwd", "ours fwd+bwd",
+                "jax.nn fwd+bwd", "torch fwd+bwd", "max abs grad diff"])
   for spec in args.shapes.split(","):
     b, l, s, n, h = (int(x) for x in spec.split("x"))
     rng = np.random.default_rng(0)

@@ -11,12 +11,10 @@ for docs/benchmarks.md; pin both to one thread on a shared host (see benchmarks/
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 
-from attention import median_ms  # benchmarks/attention.py  pylint: disable=wrong-import-order
+from attention import median_ms, print_header, shapes_parser  # benchmarks/  pylint: disable=wrong-import-order
 
 # tiny/small UNet levels, the tiny VAE at 32², the SD VAE's first level at 256²
 DEFAULT_SHAPES = "8x16x16x32x32,8x8x8x64x64,16x32x32x32x32,2x32x32x64x64,2x256x256x128x128"
@@ -57,15 +55,9 @@ def torch_times(x, w, calls: int, repeats: int) -> tuple[float, float, float]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated BxHxWxCinxCout")
-  parser.add_argument("--calls", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args()
-  print(f"jax {jax.__version__}, device {jax.devices()[0].device_kind}")
-  print("| B×H×W×Cin×Cout | jax fwd (ms) | torch fwd | jax d_input | torch d_input | jax d_kernel "
-        "| torch d_kernel |")
-  print("|---|---|---|---|---|---|---|")
+  args = shapes_parser(__doc__, DEFAULT_SHAPES, "BxHxWxCinxCout").parse_args()
+  print_header(["B×H×W×Cin×Cout", "jax fwd (ms)", "torch fwd", "jax d_input", "torch d_input",
+                "jax d_kernel", "torch d_kernel"])
   for spec in args.shapes.split(","):
     b, h, w_, c, o = (int(v) for v in spec.split("x"))
     rng = np.random.default_rng(0)
