@@ -68,6 +68,7 @@ from PIL import Image
 
 from seamless_jax import loading
 from seamless_jax.data import masks as masks_lib
+from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import sampler
 from seamless_jax.diffusion import schedule as schedule_lib
@@ -200,14 +201,6 @@ def outpaint_canvas(image, left: int, top: int, right: int, bottom: int,
 def default_dtype() -> str:
   """'bfloat16' on GPU/TPU, 'float32' on CPU."""
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def _to_float(images: np.ndarray) -> np.ndarray:
-  return images.astype(np.float32) / 127.5 - 1.0
-
-
-def _to_uint8(images) -> np.ndarray:
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _pad_to(array: np.ndarray, multiple: int) -> np.ndarray:
@@ -373,7 +366,7 @@ class Inpainter:
     seeds = _per_image(seed, count, "seed")
 
     n = int(num_images)
-    image_pad = _pad_to(_to_float(np.stack(images)), self.size_multiple)
+    image_pad = _pad_to(transforms.image_to_float(np.stack(images)), self.size_multiple)
     keep_pad = _pad_to(keeps[..., None].astype(np.float32), self.size_multiple)
     self._check_latent_holes(keep_pad)
     rows = np.repeat(np.arange(count), n)
@@ -383,7 +376,7 @@ class Inpainter:
               "keys": np.concatenate([sample_keys(s, n) for s in seeds])}
     decoded = self._generate(inputs, int(num_inference_steps), float(guidance_scale),
                              batch_size, progress)
-    results = _to_uint8(decoded[:, :height, :width])
+    results = transforms.image_to_uint8(decoded[:, :height, :width])
     if paste_back:
       known = keeps[rows][..., None]
       results = np.where(known, np.stack(images)[rows], results)

@@ -43,6 +43,25 @@ def test_two_step_workdir_loads_its_checkpoint_and_the_frozen_models_training_us
   assert pipe.tokenizer.vocab_size == trainer.tokenizer.vocab_size
 
 
+def test_bfloat16_frozen_training_loads_its_frozen_models_in_float32(tiny_workdirs, tmp_path):
+  """``frozen_dtype='bfloat16'`` is a training-memory setting: loading such a workdir rebuilds the
+  frozen VAE/text encoder unrounded, the same arrays as a float32 run's."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "bf16_frozen")
+  shutil.copytree(tiny_workdirs["two_step"], workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  config["frozen_dtype"] = "bfloat16"
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  bf16_run = loading.restore_workdir(workdir)
+  float32_run = loading.restore_workdir(tiny_workdirs["two_step"])
+  assert {x.dtype for x in jax.tree_util.tree_leaves(bf16_run.frozen)} == {np.dtype(np.float32)}
+  assert_same_params(bf16_run.frozen, float32_run.frozen)
+
+
 def test_vae_source_gives_the_decoder_and_keeps_the_base_encoder(tiny_workdirs):
   base = loading.load_pipeline(tiny_workdirs["two_step"])
   full = loading.load_pipeline(tiny_workdirs["two_step"], vae=tiny_workdirs["vae_finetune"])

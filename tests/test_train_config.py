@@ -4,6 +4,7 @@ import pytest
 
 from configs import standard, two_step, vae_finetune
 from seamless_jax.train import config_check
+from seamless_jax.train import models as models_lib
 
 
 @pytest.mark.parametrize("module", [two_step, standard, vae_finetune])
@@ -46,6 +47,15 @@ def test_sd15_data_and_gan_schedule_follow_the_paper():
       assert c.data.min_side == c.data.resolution == 32
       if c.mode == "vae_finetune":
         assert c.vae.disc_start < c.total_steps
+
+
+def test_remat_switch_and_policy_reach_the_modules():
+  c = two_step.get_config("tiny")
+  assert models_lib.runtime_options(c)["remat"] is False
+  c.remat, c.remat_policy = True, "dots_saveable"
+  assert models_lib.runtime_options(c)["remat"] == "dots_saveable"
+  models = models_lib.build_models(c, vocab_size=100)
+  assert models.vae.remat == models.text.remat == models.unet.remat == "dots_saveable"
 
 
 def test_unknown_variant():

@@ -94,6 +94,20 @@ def test_ema_follows_params(trainer):
     np.testing.assert_allclose(e, d * o + (1 - d) * p, rtol=1e-6, atol=1e-7)
 
 
+def test_uint8_batch_trains_like_its_float_version(trainer):
+  """The step converts the pipeline's uint8 image/keep itself: same loss and gradient norm as the
+  float32 batch made on the host by the NumPy formula x / 127.5 - 1."""
+  raw = _batches(trainer.config, 1)[0]
+  assert raw["image"].dtype == raw["keep"].dtype == np.uint8
+  as_float = dict(raw, image=raw["image"].astype(np.float32) / 127.5 - 1.0,
+                  keep=raw["keep"].astype(np.float32))
+  put = lambda b: shd.shard_batch(b, trainer.mesh)
+  _, from_uint8 = trainer.step_fn(_fresh(trainer), trainer.frozen, put(raw))
+  _, from_float = trainer.step_fn(_fresh(trainer), trainer.frozen, put(as_float))
+  for key in ("loss", "grad_norm"):
+    assert float(from_uint8[key]) == pytest.approx(float(from_float[key]), rel=1e-6), key
+
+
 def test_bfloat16_frozen_params_halve_their_size_and_keep_the_loss(trainer, data_dir):
   """config.frozen_dtype='bfloat16': frozen VAE/text leaves are bf16 (trainable ones and the
   float32 trainer's frozen ones are not) and the first loss is within 1 % of float32's."""

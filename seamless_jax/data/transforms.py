@@ -132,6 +132,11 @@ def image_to_float(image):
   return image.astype(np.float32) / 127.5 - 1.0 if image.dtype == np.uint8 else image
 
 
+def image_to_uint8(image) -> np.ndarray:
+  """Float in [-1, 1] -> uint8 pixels (rounded, clipped); the inverse of :func:`image_to_float`."""
+  return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def model_inputs(batch: dict) -> dict:
   """A pipeline batch -> what the models take: ``image`` float32 in [-1, 1] (B,R,R,3), ``keep``
   float32 in {0, 1} (B,R,R,1), ``input_ids``; other keys are dropped.

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from seamless_jax.data import transforms
 from seamless_jax.experiments import scales as scales_lib
 
 TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "two_step", "standard")
@@ -166,7 +167,7 @@ def latent_scaling_factor(vae, vae_params, image_folder: str, resolution: int,
   """1 / std of the VAE's latent means on ``image_folder`` (LDM's rule for ``scale_factor``)."""
   from seamless_jax.experiments import evaluate  # pylint: disable=import-outside-toplevel
   images = evaluate.read_eval_images(image_folder, resolution, max_images)
-  x = images.astype(np.float32) / 127.5 - 1.0
+  x = transforms.image_to_float(images)
   mean, _ = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))(vae_params, x)
   return float(1.0 / np.std(np.asarray(mean)))
 

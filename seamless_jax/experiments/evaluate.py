@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from seamless_jax.data import sources
+from seamless_jax.data import transforms
 
 KINDS = ("inpaint", "outpaint")
 UNETS = ("standard", "two_step")
@@ -256,8 +257,7 @@ def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
     return jnp.clip(vae.apply({"params": params}, mean, method=vae.decode).astype(jnp.float32),
                     -1.0, 1.0)
 
-  to_uint8 = lambda x: np.round((np.asarray(x) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-  x = images.astype(np.float32) / 127.5 - 1.0
+  to_uint8, x = transforms.image_to_uint8, transforms.image_to_float(images)
   recon = to_uint8(plain(base_params, x))
   cases = make_cases(images, seeds, int(vae.downscale))
   rows, decoded = [], {}

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from seamless_jax.data import transforms
 
 QUIET_PACKAGES = ("orbax",)  # their INFO lines are internals; warnings and errors still show
 
@@ -104,16 +105,11 @@ def progress_line(step: int, total: int, scalars: dict[str, float]) -> str:
   return " | ".join(parts)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] float NHWC -> uint8."""
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def sample_grid(image: np.ndarray, keep: np.ndarray, result: np.ndarray) -> np.ndarray:
   """One row per example: image | masked image (hole grey) | result. Returns uint8 HWC."""
   masked = image * keep + 0.0 * (1.0 - keep)
   rows = [np.concatenate([a, b, c], axis=1) for a, b, c in zip(image, masked, result)]
-  return to_uint8(np.concatenate(rows, axis=0))
+  return transforms.image_to_uint8(np.concatenate(rows, axis=0))
 
 
 def save_sample_grid(workdir: str, step: int, image, keep, result) -> str:
