@@ -109,12 +109,9 @@ def part_jax_step(size: dict, arg: str, cache_dir: str) -> None:
 
 
 def _device_peak_flops(device_name: str) -> float | None:
-  """Dense bf16 peak of a device by name (the training loop's table)."""
-  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
-  for name, flops in loop.PEAK_FLOPS.items():
-    if name.lower() in device_name.lower():
-      return flops
-  return None
+  """Dense bf16 peak of a device by name (the chip table of seamless_jax.train.hardware)."""
+  from seamless_jax.train import hardware  # pylint: disable=import-outside-toplevel
+  return hardware.peak_flops(device_name)
 
 
 def part_torch_step(size: dict, arg: str, cache_dir: str) -> None:

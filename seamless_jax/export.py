@@ -34,6 +34,7 @@ from typing import Callable
 
 from seamless_jax import convert
 from seamless_jax import loading
+from seamless_jax.train import hardware
 
 # File kinds copied from a base model's part folder; everything else (pickles, ONNX, Flax
 # msgpack) is left behind: the export is safetensors-only.
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="checkpoint step of a --vae workdir (default latest)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
+  hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
   try:
     export(args.workdir, args.out, step=args.step, ema=args.ema, base=args.base, vae=args.vae,
            vae_step=args.vae_step, overwrite=args.overwrite)

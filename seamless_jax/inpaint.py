@@ -72,6 +72,7 @@ from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import sampler
 from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.train import hardware
 
 DEFAULT_PROMPT = "scenery"
 OUTPAINT_FILLS = ("edge", "reflect", "mean", "black")
@@ -296,8 +297,10 @@ class Inpainter:
     self.alphas_cumprod = jax.device_put(schedule_lib.make_schedule(
         int(sc.get("num_train_timesteps", 1000)), float(sc.get("beta_start", 0.00085)),
         float(sc.get("beta_end", 0.012)), sc.get("beta_schedule", "scaled_linear")).alphas_cumprod)
-    self.params = jax.device_put({"unet": pipeline.unet_params, "vae": pipeline.vae_params,
-                                  "text": pipeline.text_encoder_params})
+    params = {"unet": pipeline.unet_params, "vae": pipeline.vae_params,
+              "text": pipeline.text_encoder_params}
+    shapes_only = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    self.params = params if shapes_only else jax.device_put(params)
     self._jitted: dict[int, Callable] = {}
     self._compiled: dict[tuple, Callable] = {}
     self.stats = RunStats()
@@ -423,16 +426,25 @@ class Inpainter:
       bar.close()
     return np.concatenate(outputs)
 
+  def sample_program(self, steps: int) -> tuple[Callable, Callable]:
+    """``(jitted, arguments)``: the sampler for ``steps`` DDIM steps, and
+    ``arguments(part)`` -> its arguments for a chunk ``part`` (arrays or
+    ``jax.ShapeDtypeStruct``s: :mod:`seamless_jax.aot` compiles it from shapes)."""
+    if steps not in self._jitted:
+      self._jitted[steps] = jax.jit(functools.partial(self._sample, num_inference_steps=steps))
+
+    def arguments(part: dict) -> tuple:
+      return (self.params, part["image"], part["keep"], part["cond_ids"], part["uncond_ids"],
+              part["keys"], self.alphas_cumprod, np.float32(0))
+    return self._jitted[steps], arguments
+
   def _program(self, part: dict, steps: int) -> Callable:
     """The compiled sampler for these shapes (compiled once per shape and step count)."""
     signature = (steps,) + tuple((k, v.shape, str(v.dtype)) for k, v in sorted(part.items()))
     if signature not in self._compiled:
-      if steps not in self._jitted:
-        self._jitted[steps] = jax.jit(functools.partial(self._sample, num_inference_steps=steps))
+      jitted, arguments = self.sample_program(steps)
       t0 = time.perf_counter()
-      self._compiled[signature] = self._jitted[steps].lower(
-          self.params, part["image"], part["keep"], part["cond_ids"], part["uncond_ids"],
-          part["keys"], self.alphas_cumprod, np.float32(0)).compile()
+      self._compiled[signature] = jitted.lower(*arguments(part)).compile()
       self.stats.compile_s += time.perf_counter() - t0
     return self._compiled[signature]
 
@@ -625,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if not args.verbose:  # orbax's notes while reading checkpoints are not the user's business
     absl_logging.set_verbosity(absl_logging.ERROR)
+  hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
   try:
     run(args)
   except (InputError, loading.SourceError) as e:

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 from seamless_jax.data import pipeline
 from seamless_jax.train import checkpoint
 from seamless_jax.train import config_check
+from seamless_jax.train import hardware
 from seamless_jax.train import logging as log_lib
 from seamless_jax.train import loop
 
@@ -178,6 +179,7 @@ def main(argv):
   config = load_config()
   if _is_multi_process():
     jax.distributed.initialize(**_distributed_args())  # the rest comes from the environment
+  hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:

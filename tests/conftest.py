@@ -6,10 +6,14 @@ a ``vae_finetune`` run (Eq. 6 decoder) and a ``two_step`` run, each saving steps
 
 import os
 
-import pytest
+# Before JAX loads: the CPU is the backend of every test (with the [aot] extra installed, the
+# CUDA plugin then registers without a driver, so tests can compile for GPU targets).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from seamless_jax.train import loop
-import tiny as testing
+import pytest  # pylint: disable=wrong-import-position
+
+from seamless_jax.train import loop  # pylint: disable=wrong-import-position
+import tiny as testing  # pylint: disable=wrong-import-position
 
 
 def _train(mode: str, data_dir: str, workdir: str) -> str:

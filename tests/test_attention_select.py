@@ -36,8 +36,40 @@ def test_auto_respects_cudnn_head_dim_and_dtype_rules():
 def test_auto_on_cpu_and_tpu():
   assert pick(None, "cpu", 40) == "xla"
   assert pick(None, "tpu", 40) == "pallas"
+  assert pick(None, "tpu", 80, q_len=1024, kv_len=1024) == "pallas"
   assert pick(None, "tpu", 40, kv_len=77) == "xla"    # 77 tokens do not tile by 128
   assert pick(None, "tpu", 512, q_len=1024, kv_len=1024) == "pallas"
+
+
+def test_pallas_only_where_the_kernel_takes_the_head_dim():
+  """The TPU kernel takes head dims <= 128 or multiples of 128: SD-1.5's 1280-channel level
+  (8 heads of 160) goes to XLA, not to a kernel that raises NotImplementedError."""
+  assert pick(None, "tpu", 160, q_len=256, kv_len=256) == "xla"
+  assert pick("pallas", "tpu", 160, q_len=256, kv_len=256) == "xla"
+  assert pick(None, "tpu", 128) == "pallas" and pick(None, "tpu", 256) == "pallas"
+  assert pick(None, "tpu", 192) == "xla"
+  assert attention.pallas_supports(160, 256, 256) is False
+
+
+def test_kernel_target_follows_the_mesh_not_the_default_backend():
+  devices = np.asarray(jax.devices()[:1])
+  mesh = jax.sharding.Mesh(devices.reshape(1, 1), ("data", "fsdp"))
+  assert attention.current_target().platform == jax.default_backend()
+  with attention.kernel_target(mesh):
+    target = attention.current_target()
+    assert target.platform == "cpu" and target.mesh is None  # one device: no shard_map
+  fake_tpu = attention.KernelTarget("tpu")
+  token = attention._TARGET.set(fake_tpu)  # pylint: disable=protected-access
+  try:
+    assert attention.current_target() is fake_tpu
+  finally:
+    attention._TARGET.reset(token)  # pylint: disable=protected-access
+
+
+def test_kernel_partition_spec_prefers_batch_then_heads():
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  P = jax.sharding.PartitionSpec
+  assert attention.kernel_partition_spec(mesh, 4, 8) == P(("data", "fsdp"))
 
 
 def test_forced_choices():

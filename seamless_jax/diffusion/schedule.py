@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,6 +55,14 @@ def make_schedule(num_train_timesteps: int = 1000,
   return Schedule(betas=f32(betas), alphas_cumprod=f32(alphas_cumprod),
                   sqrt_alphas_cumprod=f32(np.sqrt(alphas_cumprod)),
                   sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - alphas_cumprod)))
+
+
+def alphas_cumprod_of(schedule_config) -> jax.Array:
+  """``ā`` (T,) of a config's ``schedule`` section (``num_train_timesteps``, ``beta_start``,
+  ``beta_end``, ``beta_schedule``)."""
+  sc = schedule_config
+  return make_schedule(int(sc.num_train_timesteps), float(sc.beta_start), float(sc.beta_end),
+                       sc.beta_schedule).alphas_cumprod
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -6,25 +6,38 @@ All attention goes through :func:`attend`, which picks the kernel per call with
 * ``None`` / ``''`` (default, automatic): cuDNN flash attention
   (``jax.nn.dot_product_attention(implementation='cudnn')``) on GPU wherever its rules hold
   (fp16/bf16, head dim a multiple of 8 and <= 128, <= 256 from Hopper on); on TPU the Pallas
-  flash kernel where the sequence lengths tile by 128; :func:`softmax_attention` (two einsums
-  around a float32 softmax, with a hand-written VJP) everywhere else
-  (CPU, float32, the VAE mid-block's single 512-wide head, the 77-token cross-attention on TPU).
+  flash kernel where it takes the head dim (<= 128 or a multiple of 128) and the sequence
+  lengths tile by 128; :func:`softmax_attention` (two einsums around a float32 softmax, with a
+  hand-written VJP) everywhere else (CPU, float32, the VAE mid-block's 512-wide head on GPU,
+  SD-1.5's 160-wide heads and the 77-token cross-attention on TPU).
 * ``'xla'``: XLA on every call.
 * ``'cudnn'`` / ``'pallas'``: the kernel on every call whose head dim / lengths it takes, XLA for
   the others (the VAE's 512-wide head); asking for it on the wrong backend or dtype is an error.
+
+Which devices. The platform (and GPU compute capability) come from the mesh the program is
+compiled for, set with :func:`kernel_target` around the tracing (the train step and the
+ahead-of-time compiler do this), so a step compiled on a CPU machine for a TPU topology picks
+the TPU kernels; outside such a block the default backend's first device decides. On a mesh of
+more than one device the library kernels run inside a ``jax.shard_map`` over its devices
+(Mosaic kernels cannot be partitioned by GSPMD): over the batch when it divides by the mesh
+size, else over the heads, else replicated.
 
 Submodule names mirror diffusers (``to_q``, ``to_out_0``, ``transformer_blocks_0``...).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 from seamless_jax.models.layers import Remat, conv1x1, dense, group_norm, maybe_remat
 
@@ -33,6 +46,7 @@ Dtype = Any
 IMPLEMENTATIONS = ("", "xla", "cudnn", "pallas")
 CUDNN_DTYPES = ("float16", "bfloat16")
 PALLAS_BLOCK = 128  # the TPU flash kernel tiles both sequence lengths by this
+PALLAS_LANES = 128  # ... and takes head dims up to this or multiples of it
 
 
 def cudnn_max_head_dim(compute_capability: str | None) -> int:
@@ -49,9 +63,11 @@ def cudnn_supports(head_dim: int, dtype, compute_capability: str | None = None) 
           and head_dim <= cudnn_max_head_dim(compute_capability))
 
 
-def pallas_supports(q_len: int, kv_len: int) -> bool:
-  """Whether the TPU Pallas flash kernel tiles these sequence lengths."""
-  return q_len % PALLAS_BLOCK == 0 and kv_len % PALLAS_BLOCK == 0
+def pallas_supports(head_dim: int, q_len: int, kv_len: int) -> bool:
+  """Whether the TPU Pallas flash kernel takes this head dim (<= 128 or a multiple of 128:
+  SD-1.5's 160-wide heads are refused) and tiles these sequence lengths."""
+  head_ok = head_dim <= PALLAS_LANES or head_dim % PALLAS_LANES == 0
+  return head_ok and q_len % PALLAS_BLOCK == 0 and kv_len % PALLAS_BLOCK == 0
 
 
 def select_implementation(requested: str | None, platform: str, *, head_dim: int, dtype,
@@ -87,15 +103,100 @@ def select_implementation(requested: str | None, platform: str, *, head_dim: int
     raise ValueError(f"config.attention='pallas' needs a TPU; the backend is {platform!r}")
   if gpu and platform != "rocm" and cudnn_supports(head_dim, dtype, compute_capability):
     return "cudnn"
-  if tpu and pallas_supports(q_len, kv_len):
+  if tpu and pallas_supports(head_dim, q_len, kv_len):
     return "pallas"
   return "xla"
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelTarget:
+  """The devices attention kernels are chosen for.
+
+  platform: ``'cpu'``, ``'gpu'`` or ``'tpu'``; compute_capability: the GPU's (``'9.0'``).
+  mesh: the mesh whose devices each run a library kernel on their slice (``jax.shard_map``);
+    ``None`` on one device, or where the caller is already per device (inside a shard_map).
+  """
+  platform: str
+  compute_capability: str | None = None
+  mesh: Mesh | None = None
+
+
+_TARGET: contextvars.ContextVar[KernelTarget | None] = contextvars.ContextVar(
+    "attention_kernel_target", default=None)
+
+
+def target_of(mesh: Mesh, *, per_device: bool = False) -> KernelTarget:
+  """The :class:`KernelTarget` of ``mesh``'s devices (compile-only devices of a topology too);
+  ``per_device``: the code runs inside a shard_map already (``parallelism='shard_map'``)."""
+  device = mesh.devices.flat[0]
+  platform = "gpu" if device.platform in ("gpu", "cuda") else device.platform
+  capability = getattr(device, "compute_capability", None)
+  return KernelTarget(platform, str(capability) if capability else None,
+                      None if per_device or mesh.size == 1 else mesh)
+
+
+@contextlib.contextmanager
+def kernel_target(mesh: Mesh | None, *, per_device: bool = False) -> Iterator[None]:
+  """Within this block, attention traced for ``mesh`` picks that mesh's kernels (module doc).
+
+  Wrap the *tracing* of a jitted function (its Python body runs then), e.g. the body of a
+  train step. ``mesh=None`` leaves the current choice unchanged.
+  """
+  if mesh is None:
+    yield
+    return
+  token = _TARGET.set(target_of(mesh, per_device=per_device))
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
 @functools.lru_cache(maxsize=None)
-def _backend_info() -> tuple[str, str | None]:
+def _default_target() -> KernelTarget:
   device = jax.devices()[0]
-  return jax.default_backend(), getattr(device, "compute_capability", None)
+  capability = getattr(device, "compute_capability", None)
+  return KernelTarget(jax.default_backend(), str(capability) if capability else None)
+
+
+def current_target() -> KernelTarget:
+  """The target set by :func:`kernel_target`, else the default backend's first device."""
+  return _TARGET.get() or _default_target()
+
+
+_COUNTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "attention_kernel_counts", default=None)
+
+
+@contextlib.contextmanager
+def count_kernels(counts: dict) -> Iterator[dict]:
+  """Within this block every traced attention call adds 1 to ``counts['<kernel> (head dim
+  H)']`` (how a program's attention was compiled; :mod:`seamless_jax.aot` reports it)."""
+  token = _COUNTS.set(counts)
+  try:
+    yield counts
+  finally:
+    _COUNTS.reset(token)
+
+
+def kernel_partition_spec(mesh: Mesh, batch: int, heads: int) -> P:
+  """How a (B, L, N, H) kernel input is split over ``mesh`` (module doc): batch, else heads,
+  else replicated."""
+  axes = tuple(mesh.axis_names)
+  if batch % mesh.size == 0:
+    return P(axes)
+  if heads % mesh.size == 0:
+    return P(None, None, axes)
+  return P()
+
+
+def _per_device(kernel, mesh: Mesh | None, q, k, v) -> jax.Array:
+  """``kernel(q, k, v)`` on (B, L, N, H) arrays, inside a shard_map over ``mesh`` when given."""
+  if mesh is None:
+    return kernel(q, k, v)
+  spec = kernel_partition_spec(mesh, q.shape[0], q.shape[2])
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
 
 
 def _pallas_flash(q, k, v, is_causal: bool) -> jax.Array:
@@ -170,15 +271,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *,
   def split(x):
     return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
 
-  platform, capability = _backend_info()
-  kernel = select_implementation(implementation, platform, head_dim=q.shape[-1] // heads,
+  target = current_target()
+  kernel = select_implementation(implementation, target.platform, head_dim=q.shape[-1] // heads,
                                  dtype=q.dtype, q_len=q.shape[1], kv_len=k.shape[1],
-                                 compute_capability=capability)
+                                 compute_capability=target.compute_capability)
+  counts = _COUNTS.get()
+  if counts is not None:
+    name = f"{kernel} (head dim {q.shape[-1] // heads})"
+    counts[name] = counts.get(name, 0) + 1
   if kernel == "pallas":
-    out = _pallas_flash(split(q), split(k), split(v), is_causal)
+    out = _per_device(functools.partial(_pallas_flash, is_causal=is_causal), target.mesh,
+                      split(q), split(k), split(v))
   elif kernel == "cudnn":
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal,
-                                       implementation="cudnn")
+    cudnn = functools.partial(jax.nn.dot_product_attention, is_causal=is_causal,
+                              implementation="cudnn")
+    out = _per_device(cudnn, target.mesh, split(q), split(k), split(v))
   else:
     out = softmax_attention(split(q), split(k), split(v), is_causal)
   return out.reshape(q.shape[0], q.shape[1], -1)

@@ -147,16 +147,30 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
   missing = sorted(set(expected) - set(flat))
   if unknown or missing:
     raise KeyError(f"LPIPS params mismatch: missing={missing} unknown={unknown}")
-  tree: dict = {}
   for name, value in flat.items():
     if tuple(value.shape) != expected[name]:
       raise ValueError(f"{name}: shape {tuple(value.shape)} != expected {expected[name]}")
-    node = tree
+  return _nest({name: jnp.asarray(value, jnp.float32) for name, value in flat.items()})
+
+
+def _nest(flat: dict) -> dict:
+  """``{'a/b/c': x}`` -> ``{'params': {'a': {'b': {'c': x}}}}``."""
+  tree: dict = {}
+  for name, value in flat.items():
     *parents, leaf = name.split("/")
+    node = tree
     for p in parents:
       node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value, jnp.float32)
+    node[leaf] = value
   return {"params": tree}
+
+
+def abstract_lpips(*, dtype=jnp.float32, precision=None):
+  """``(LPIPS module, variables)`` with ``jax.ShapeDtypeStruct`` leaves (nothing read): what
+  compiling a VAE step needs without the weight file."""
+  return LPIPS(dtype=dtype, precision=precision), _nest(
+      {name: jax.ShapeDtypeStruct(shape, jnp.float32)
+       for name, shape in expected_param_shapes().items()})
 
 
 def load_lpips(path: str, *, dtype=jnp.float32, precision=None):

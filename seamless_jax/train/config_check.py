@@ -50,8 +50,12 @@ def _get(config, dotted: str):
   return value
 
 
-def validate(config, num_devices: int | None = None) -> None:
-  """Raises :class:`ConfigError` (:class:`ConfigPathError` for paths) naming the field."""
+def validate(config, num_devices: int | None = None, *, shapes_only: bool = False) -> None:
+  """Raises :class:`ConfigError` (:class:`ConfigPathError` for paths) naming the field.
+
+  ``shapes_only``: the config is only compiled, not run (:mod:`seamless_jax.aot`): the
+  weights, LPIPS and data paths are not required.
+  """
   for field, choices in CHOICES.items():
     value = _get(config, field)
     if value not in choices:
@@ -72,7 +76,7 @@ def validate(config, num_devices: int | None = None) -> None:
     if micro % num_devices:
       raise ConfigError(f"config.batch_size / config.grad_accum_steps = {micro} is not divisible "
                         f"by the {num_devices} devices")
-  if config.model == "sd15":
+  if config.model == "sd15" and not shapes_only:
     if not config.pretrained:
       raise ConfigError("config.pretrained must name an SD-1.5 diffusers folder for "
                         "config.model='sd15' (or use a ':tiny'/':demo' config variant)")
@@ -86,11 +90,11 @@ def validate(config, num_devices: int | None = None) -> None:
           f"folder: it has no {'/, '.join(missing)}/ (expected unet/ vae/ text_encoder/ "
           f"tokenizer/, e.g. a download of stable-diffusion-v1-5)")
   if config.mode == "vae_finetune":
-    if config.vae.lpips_weight > 0 and not config.vae.lpips_path:
+    if config.vae.lpips_weight > 0 and not config.vae.lpips_path and not shapes_only:
       raise ConfigError("config.vae.lpips_weight > 0 needs config.vae.lpips_path (converted "
                         "LPIPS weights, tools/convert_lpips.py); set lpips_weight=0 to train "
                         "without LPIPS")
-    if config.vae.lpips_path and not os.path.isfile(config.vae.lpips_path):
+    if config.vae.lpips_path and not os.path.isfile(config.vae.lpips_path) and not shapes_only:
       raise ConfigPathError(f"config.vae.lpips_path={config.vae.lpips_path!r} does not exist")
     if config.parallelism == "shard_map":
       raise ConfigError("config.parallelism='shard_map' supports the diffusion modes only; the "
@@ -100,7 +104,8 @@ def validate(config, num_devices: int | None = None) -> None:
     if lowest >= config.schedule.num_train_timesteps:
       raise ConfigError(f"config.two_step.stride + config.two_step.min_t = {lowest} leaves no "
                         f"timestep below {config.schedule.num_train_timesteps}")
-  if not config.data.path and not config.demo_data and config.data.source != "tfds":
+  if (not config.data.path and not config.demo_data and config.data.source != "tfds"
+      and not shapes_only):
     raise ConfigError("config.data.path is empty: point it at the training data "
                       "(or set config.demo_data=True for the bundled demo photos)")
 

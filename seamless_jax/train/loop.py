@@ -35,30 +35,23 @@ from seamless_jax.eval import metrics as metrics_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import compilation
 from seamless_jax.train import config_check
+from seamless_jax.train import hardware
 from seamless_jax.train import logging as log_lib
 from seamless_jax.train import models as models_lib
 from seamless_jax.train import sharding as shd
 from seamless_jax.train import state as state_lib
 from seamless_jax.train import steps as steps_lib
 
-# Dense bf16 peak FLOP/s per device, for the MFU estimate (override: config.peak_flops_per_device).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12,
-              "A100": 312e12, "L4": 121e12}
-
-
 class NonFiniteError(RuntimeError):
   """Too many non-finite steps in a row; the last good checkpoint is kept."""
 
 
 def peak_flops(config) -> float | None:
+  """Peak FLOP/s of one device for MFU: ``config.peak_flops_per_device``, else the chip table
+  of :mod:`seamless_jax.train.hardware` (``None`` for unknown devices, e.g. CPUs)."""
   if config.peak_flops_per_device:
     return float(config.peak_flops_per_device)
-  kind = jax.devices()[0].device_kind
-  for name, flops in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return None
+  return hardware.peak_flops(jax.devices()[0].device_kind)
 
 
 def compiled_flops(compiled: compilation.Compiled, num_devices: int) -> float | None:
@@ -146,13 +139,30 @@ def setup(config, workdir: str | None = None) -> Trainer:
   models = models_lib.build_models(config, vocab_size=tokenizer.vocab_size)
   tx = state_lib.make_optimizer(config)
   state, state_sh, frozen, frozen_sh = state_lib.create_train_state(config, models, mesh, tx)
+  return _with_step(config, mesh, models, tx, state, state_sh, frozen, frozen_sh, tokenizer)
+
+
+def shapes_only_setup(config, mesh) -> Trainer:
+  """:func:`setup` from shapes alone, on any mesh (compile-only devices of a TPU/GPU target
+  described on a CPU machine): ``state``/``frozen`` hold ``jax.ShapeDtypeStruct``s, nothing is
+  read (weights, LPIPS, data, tokenizer) or allocated, ``tokenizer`` is ``None``. The step is
+  the one training compiles (:func:`compile_step` takes this trainer)."""
+  config_check.validate(config, num_devices=mesh.size, shapes_only=True)
+  models = models_lib.build_models(config, shapes_only=True)
+  tx = state_lib.make_optimizer(config)
+  state, state_sh, frozen, frozen_sh = state_lib.abstract_train_state(config, models, mesh, tx)
+  return _with_step(config, mesh, models, tx, state, state_sh, frozen, frozen_sh, None,
+                    shapes_only=True)
+
+
+def _with_step(config, mesh, models, tx, state, state_sh, frozen, frozen_sh, tokenizer, *,
+               shapes_only: bool = False) -> Trainer:
+  """The :class:`Trainer` with its jitted step (LPIPS added to ``frozen`` for vae_finetune)."""
   lpips_factory = None
   if config.mode == "vae_finetune":
-    frozen, frozen_sh, lpips_factory = _add_lpips(config, frozen, frozen_sh, mesh)
-  sc = config.schedule
-  alphas_cumprod = schedule_lib.make_schedule(
-      int(sc.num_train_timesteps), float(sc.beta_start), float(sc.beta_end),
-      sc.beta_schedule).alphas_cumprod
+    frozen, frozen_sh, lpips_factory = _add_lpips(config, frozen, frozen_sh, mesh,
+                                                  shapes_only=shapes_only)
+  alphas_cumprod = schedule_lib.alphas_cumprod_of(config.schedule)
   step_fn = steps_lib.make_train_step(config, models, tx, mesh, state_sh, frozen_sh,
                                       alphas_cumprod=alphas_cumprod,
                                       lpips_fn_factory=lpips_factory)
@@ -160,14 +170,18 @@ def setup(config, workdir: str | None = None) -> Trainer:
                  tokenizer, alphas_cumprod)
 
 
-def _add_lpips(config, frozen, frozen_sh, mesh):
-  """LPIPS weights become part of ``frozen`` (arguments of the step, not constants)."""
+def _add_lpips(config, frozen, frozen_sh, mesh, *, shapes_only: bool = False):
+  """LPIPS weights become part of ``frozen`` (arguments of the step, not constants);
+  ``shapes_only``: their shapes, nothing read."""
   if float(config.vae.lpips_weight) <= 0:
     return frozen, frozen_sh, lambda frozen: (
         lambda x, y: jnp.zeros((x.shape[0],), jnp.float32))
   from seamless_jax.models import lpips as lpips_model  # pylint: disable=import-outside-toplevel
-  module, variables = lpips_model.load_lpips(config.vae.lpips_path)
-  variables = jax.device_put(variables, shd.replicated(mesh))
+  if shapes_only:
+    module, variables = lpips_model.abstract_lpips()
+  else:
+    module, variables = lpips_model.load_lpips(config.vae.lpips_path)
+    variables = jax.device_put(variables, shd.replicated(mesh))
   frozen = dict(frozen, lpips=variables)
   frozen_sh = dict(frozen_sh, lpips=jax.tree.map(lambda _: shd.replicated(mesh), variables))
 

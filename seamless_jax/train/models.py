@@ -67,13 +67,19 @@ def tiny_text_config(vocab_size: int | None = None) -> dict:
 
 
 def build_models(config, vocab_size: int | None = None, *,
-                 with_unet_params: bool = True) -> Models:
+                 with_unet_params: bool = True, shapes_only: bool = False) -> Models:
   """Modules (+ pretrained params when ``config.model == 'sd15'``) for ``config.mode``.
 
   ``vocab_size``: the tokenizer's, to size the tiny text encoder's embedding table.
   ``with_unet_params=False`` skips reading the pretrained UNet (a caller that restores it).
   ``config.vae_pretrained`` (a VAE folder or a ``vae_finetune`` workdir) replaces the VAE.
+  ``shapes_only``: the modules alone, no weights read (every ``*_params`` is ``None``): for
+  ``sd15`` from the ``config.json`` files of ``config.pretrained`` when it is a folder, else
+  from the SD-1.5 presets; ``vae_pretrained`` is ignored (it has the SD VAE's shapes). What
+  ahead-of-time compilation needs (:mod:`seamless_jax.aot`).
   """
+  if shapes_only:
+    return _modules_only(config, vocab_size)
   models = _build_base_models(config, vocab_size, with_unet_params)
   if config.get("vae_pretrained"):
     from seamless_jax import loading  # pylint: disable=import-outside-toplevel
@@ -109,6 +115,23 @@ def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
   return Models(vae=vae, text=text, unet=unet, vae_params=_to_host(vae_params),
                 text_params=_to_host(text_params), unet_params=unet_params,
                 scaling_factor=_scaling_factor(vae))
+
+
+def _modules_only(config, vocab_size) -> Models:
+  if config.model == "tiny":
+    return _build_base_models(config, vocab_size, with_unet_params=False)
+  rt = runtime_options(config)
+  folder = config.pretrained if config.pretrained and os.path.isdir(config.pretrained) else ""
+
+  def model_config(sub: str, preset: dict) -> dict:
+    from seamless_jax import convert  # pylint: disable=import-outside-toplevel
+    return convert.read_config(os.path.join(folder, sub)) if folder else dict(preset)
+
+  vae = AutoencoderKL.from_config(model_config("vae", presets.SD15_VAE), **rt)
+  text = CLIPTextModel.from_config(model_config("text_encoder", presets.SD15_TEXT), **rt)
+  unet = (UNet2DConditionModel.from_config(model_config("unet", presets.SD15_UNET), **rt)
+          if config.mode != "vae_finetune" else None)
+  return Models(vae=vae, text=text, unet=unet, scaling_factor=_scaling_factor(vae))
 
 
 def _scaling_factor(vae) -> float:

@@ -208,21 +208,42 @@ def create_train_state(config, models, mesh, tx: optax.GradientTransformation
   """
   init_key, rng = init_keys(config)
   min_size = int(config.fsdp_min_size)
-  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
-  host = {k: v for k, v in host.items() if v is not None}
+  host = _host_params(models)
   host_dev = {k: jax.device_put(v, shd.tree_shardings(v, mesh, min_size)) for k, v in host.items()}
+  init = _init_fn(config, models, tx, rng)
+  _, state_shardings, _, frozen_shardings = abstract_train_state(config, models, mesh, tx)
+  init_jit = jax.jit(init, out_shardings=(state_shardings, frozen_shardings), donate_argnums=1)
+  state, frozen = compile_init(init_jit, init_key, host_dev)(init_key, host_dev)
+  return state, state_shardings, frozen, frozen_shardings
 
+
+def abstract_train_state(config, models, mesh, tx: optax.GradientTransformation
+                         ) -> tuple[TrainState, Any, Any, Any]:
+  """Shapes and shardings of what :func:`create_train_state` makes; nothing is allocated.
+
+  Returns ``(state, state_shardings, frozen, frozen_shardings)`` with ``jax.ShapeDtypeStruct``
+  leaves; ``mesh`` may hold compile-only devices (a TPU topology described on a CPU machine).
+  """
+  init_key, rng = init_keys(config)
+  min_size = int(config.fsdp_min_size)
+  state, frozen = jax.eval_shape(_init_fn(config, models, tx, rng), init_key,
+                                 _host_params(models))
+  return (state, tree_shardings_for_state(state, mesh, min_size), frozen,
+          shd.tree_shardings(frozen, mesh, min_size))
+
+
+def _host_params(models) -> dict:
+  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
+  return {k: v for k, v in host.items() if v is not None}
+
+
+def _init_fn(config, models, tx, rng):
+  """``init(key, pretrained) -> (state, frozen)``: pretrained params where given, random else."""
   def init(key, pretrained):
     m = _with_params(models, pretrained)
     params, frozen = _random_params(config, m, key)
     return _new_state(params, tx, rng), frozen
-
-  abstract_state, abstract_frozen = jax.eval_shape(init, init_key, host_dev)
-  state_shardings = tree_shardings_for_state(abstract_state, mesh, min_size)
-  frozen_shardings = shd.tree_shardings(abstract_frozen, mesh, min_size)
-  init_jit = jax.jit(init, out_shardings=(state_shardings, frozen_shardings), donate_argnums=1)
-  state, frozen = compile_init(init_jit, init_key, host_dev)(init_key, host_dev)
-  return state, state_shardings, frozen, frozen_shardings
+  return init
 
 
 def tree_shardings_for_state(abstract_state: TrainState, mesh, min_size: int):

@@ -12,7 +12,8 @@
 4. a non-finite loss or gradient norm keeps params, optimizer state and EMA unchanged (the step
    counter advances, ``skipped``/``nonfinite_streak`` count it).
 
-``parallelism='jit'``: GSPMD partitions the step from the batch/param shardings.
+``parallelism='jit'``: GSPMD partitions the step from the batch/param shardings; library
+attention kernels (Pallas, cuDNN) run inside a shard_map over the mesh (``models/attention.py``).
 ``parallelism='shard_map'``: step 2 runs under ``jax.shard_map`` on each device's slice of the
 batch with replicated params, and gradients/metrics are ``lax.pmean``-ed over ('data', 'fsdp').
 Both compute the same function (tests/test_train_sharding.py).
@@ -32,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import losses
+from seamless_jax.models import attention
 from seamless_jax.models import layers
 from seamless_jax.train import sharding as shd
 from seamless_jax.train import state as state_lib
@@ -288,6 +290,11 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
           out_specs=(P(), P()), check_vma=False)(params, frozen, batch, rand, key, step)
 
   def step(state: state_lib.TrainState, frozen, batch: Batch):
+    # Attention kernels for the mesh's devices (a TPU topology compiled on a CPU machine too).
+    with attention.kernel_target(mesh, per_device=config.parallelism == "shard_map"):
+      return update(state, frozen, batch)
+
+  def update(state: state_lib.TrainState, frozen, batch: Batch):
     key = jax.random.fold_in(state.rng, state.step)
     k_rand, k_loss = jax.random.split(key)
     rand = make_random_inputs(config, k_rand, batch_size, lat)

@@ -1,0 +1,122 @@
+"""Ahead-of-time compilation for TPU/GPU targets on this CPU machine (seamless_jax.aot).
+
+Needs the ``[aot]`` extra (libtpu, the CUDA PJRT plugin), which ``.ci/run`` installs; a missing
+extra fails these tests with the install command in the message.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from seamless_jax import aot
+from seamless_jax.models import attention
+from seamless_jax.train import hardware
+
+import tiny as testing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tpu_mesh(name: str = "v5e-8") -> Mesh:
+  devices = hardware.compile_only_devices(hardware.target(name))
+  return Mesh(np.asarray(devices).reshape(-1, 1), ("data", "fsdp"))
+
+
+def test_targets_know_their_chips():
+  assert hardware.target("v4-8").num_devices == 4  # v4 names count TensorCores
+  assert hardware.target("v5e-256").num_hosts == 64
+  assert hardware.chip_of("TPU v5 lite").name == "TPU v5e"
+  assert hardware.chip_of("TPU v5").name == "TPU v5p"
+  assert hardware.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert hardware.peak_flops("cpu") is None
+  with pytest.raises(ValueError, match="known: v4-8"):
+    hardware.target("v9-8")
+
+
+@pytest.mark.parametrize("name", ["v4-8", "v5e-256", "h100-8"])
+def test_compile_only_devices_of_named_targets(name):
+  t = hardware.target(name)
+  devices = hardware.compile_only_devices(t)
+  assert len(devices) == t.num_devices
+  assert len({d.process_index for d in devices}) == t.num_hosts
+  assert hardware.chip_of(devices[0].device_kind) is t.chip
+
+
+def test_pallas_attention_compiles_under_jit_on_a_multichip_tpu():
+  """Tiny q/k/v with a 256-wide head (Pallas) and a 160-wide head (XLA) under plain jit over
+  8 TPU v5e chips: before the fix the 160 head reached the kernel (NotImplementedError) and the
+  kernel sat outside a shard_map (Mosaic kernels cannot be automatically partitioned)."""
+  mesh = tpu_mesh()
+  batch = NamedSharding(mesh, P(("data", "fsdp")))
+
+  def two_attentions(q256, q160):
+    return (attention.attend(q256, q256, q256, heads=2),
+            attention.attend(q160, q160, q160, heads=2))
+
+  args = [jax.ShapeDtypeStruct((8, 128, 2 * d), jnp.bfloat16, sharding=batch) for d in (256, 160)]
+  counts = {}
+  with attention.kernel_target(mesh), attention.count_kernels(counts):
+    compiled = jax.jit(two_attentions).lower(*args).compile()
+  assert counts == {"pallas (head dim 256)": 1, "xla (head dim 160)": 1}
+  assert "custom-call" in compiled.as_text() or compiled.memory_analysis() is not None
+
+
+def test_pallas_attention_shards_heads_when_the_batch_does_not_divide():
+  mesh = tpu_mesh()
+  assert attention.kernel_partition_spec(mesh, 2, 8) == P(None, None, ("data", "fsdp"))
+  assert attention.kernel_partition_spec(mesh, 2, 3) == P()
+  q = jax.ShapeDtypeStruct((2, 128, 8 * 64), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+  with attention.kernel_target(mesh):
+    jax.jit(lambda q: attention.attend(q, q, q, heads=8)).lower(q).compile()
+
+
+@pytest.mark.slow
+def test_tiny_two_step_step_compiles_for_a_tpu_slice_and_reports_memory(tmp_path):
+  config = testing.tiny_config("two_step", str(tmp_path))
+  report = aot.compile_train_step(config, "v5e-8", "two_step:tiny")
+  assert report.fits and report.devices == 8
+  b = report.bytes
+  assert b["params"] > 0 and b["opt_state"] > b["params"] and b["temporaries"] > 0
+  assert b["peak"] == b["arguments"] + b["outputs"] - b["aliased"] + b["temporaries"] + b["code"]
+  assert report.flops_per_step > 0 and report.xla_flops_per_device > 0
+  assert any(k.startswith("pallas") for k in report.attention), report.attention
+  table = aot.format_report(report)
+  assert "fits" in table and "yes" in table and "TPU v5e" in table
+
+
+@pytest.mark.slow
+def test_cli_compiles_for_h100_and_an_oversized_batch_does_not_fit(tmp_path):
+  """The command on the H100 target: exit 0 and 'fits yes' for the tiny config; a batch whose
+  activations exceed 8 x 80 GB: exit 2, 'NO' and the settings to try."""
+  out = tmp_path / "report.json"
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  base = [sys.executable, "-m", "seamless_jax.aot", "--config=configs/two_step.py:tiny",
+          "--topology=h100-8", "--what=sample", "--sample_steps=2"]
+  proc = subprocess.run(base + [f"--json={out}"], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "cudart_stub" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+  assert "fits" in proc.stdout and "yes" in proc.stdout
+  report = json.loads(out.read_text())
+  assert report["fits"] and report["bytes"]["peak"] > 0 and report["target"] == "h100-8"
+  big = subprocess.run(base + ["--sample_batch=4096", "--sample_resolution=1024"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert big.returncode == aot.EXIT_DOES_NOT_FIT, big.stdout[-2000:] + big.stderr[-2000:]
+  assert "NO" in big.stdout and "does not fit h100-8" in big.stdout
+  assert "Try:" in big.stdout
+
+
+def test_bad_target_is_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-m", "seamless_jax.aot",
+                         "--config=configs/two_step.py:tiny", "--topology=v9-8"],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert proc.returncode == aot.EXIT_ERROR
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target 'v9-8'")
