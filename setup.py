@@ -41,6 +41,9 @@ EXTRAS_REQUIRE = {
     "notebooks": ["diffusers>=0.30", "ipykernel", "matplotlib", "torch", "transformers"],
     # Figures of the ablation report (seamless_jax.experiments.report).
     "experiments": ["matplotlib"],
+    # python -m seamless_jax.aot: compile for TPU slices (libtpu) and NVIDIA GPUs (the CUDA PJRT
+    # plugin, no CUDA libraries) on a machine that has neither; both pinned to the jax version.
+    "aot": ["jax[tpu,cuda12-local]"],
     "gpu": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
 }

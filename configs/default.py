@@ -76,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.two_step.second_t = "prev"   # timestep INPUT of the 2nd call (noise at t' either way):
                                  # 'prev' (t') | 'same' (t, Alg. 1 as printed)
   c.two_step.min_t = 0           # smallest second timestep t'
+  c.two_step.scan_calls = True   # the two UNet calls as one lax.scan: one UNet in the program
+                                 # (half the compile time and host RAM; same values)
   c.two_step.keep_method = "nearest"  # pixel keep -> latent keep (blending.latent_keep)
   # --- VAE fine-tune (mode='vae_finetune')
   c.vae = ml_collections.ConfigDict()
@@ -101,6 +103,43 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 VARIANTS = ("sd15", "tiny", "demo")
+
+# Memory settings per accelerator for the ``:sd15`` configs, chosen from compiled numbers
+# (``python -m seamless_jax.aot``, docs/targets.md): ``--config=configs/two_step.py:sd15,v5e``.
+# Every mode's global batch stays the paper's / LDM's; only how it is laid out changes.
+TARGET_SETTINGS = {
+    # 8 chips x 16 GiB: params, Adam moments and EMA sharded over all chips, frozen VAE/text
+    # encoder in bf16, every ResNet/transformer block rematerialised.
+    "v5e": {"mesh.fsdp": 8, "frozen_dtype": "bfloat16", "remat": True},
+    # v4-8: 4 devices x 32 GiB.
+    "v4": {"mesh.fsdp": 4, "frozen_dtype": "bfloat16", "remat": True},
+    # 8 x 80 GB NVIDIA (H100/A100-80G; H200 has room to spare).
+    "gpu": {"mesh.fsdp": 8, "frozen_dtype": "bfloat16"},
+}
+
+
+def split_arg(arg: str | None, default_variant: str = "sd15") -> tuple[str, str]:
+  """``'sd15,v5e'`` -> ``('sd15', 'v5e')``; the target part is optional."""
+  variant, _, target = (arg or default_variant).partition(",")
+  return variant or default_variant, target
+
+
+def apply_target(c: ml_collections.ConfigDict, target: str) -> ml_collections.ConfigDict:
+  """The :data:`TARGET_SETTINGS` of ``target`` ('' = none) on an ``:sd15`` config."""
+  if not target:
+    return c
+  if target not in TARGET_SETTINGS:
+    raise ValueError(f"unknown config target {target!r}; expected one of "
+                     f"{sorted(TARGET_SETTINGS)} (e.g. configs/two_step.py:sd15,v5e)")
+  if c.model != "sd15":
+    raise ValueError(f"the target settings ',{target}' are for the ':sd15' variant")
+  for dotted, value in TARGET_SETTINGS[target].items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c
 
 
 def apply_small_variant(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:

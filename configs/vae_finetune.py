@@ -6,7 +6,8 @@ of 50 000 steps; LDM uses 50 001 when it trains from scratch);
 Adam(β1=0.5, β2=0.9), lr 4.5e-6 (LDM's base lr; it scales it by the batch, we do not).
 Default: only the decoder (+ post_quant_conv) trains, so the UNet's latent space is unchanged.
 
-Variants:
+Variants (``sd15,v5e`` / ``sd15,v4`` / ``sd15,gpu``: the memory settings per accelerator of
+configs/default.py TARGET_SETTINGS):
   sd15  python -m seamless_jax.main --config=configs/vae_finetune.py:sd15 \
           --config.pretrained=/ckpt/stable-diffusion-v1-5 \
           --config.vae.lpips_path=/ckpt/lpips_vgg.safetensors \
@@ -21,7 +22,7 @@ from configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = arg or "sd15"
+  arg, target = default.split_arg(arg)
   c = default.get_config()
   c.mode = "vae_finetune"
   c.learning_rate = 4.5e-6
@@ -45,8 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Paper Sec. 4.1: VAE and denoiser train on the same >= 512 px LAION-Aesthetics set; the VAE
     # sees them resized (shorter side) and cropped to 256² (LDM's SmallestMaxSize + RandomCrop).
     c.data.min_side = 512
-    return c
+    return default.apply_target(c, target)
   default.apply_small_variant(c, arg)
+  default.apply_target(c, target)
   c.total_steps = 40 if arg == "demo" else 8
   c.checkpoint_every = 20 if arg == "demo" else 4
   c.sample_every = 40 if arg == "demo" else 0

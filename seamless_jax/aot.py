@@ -30,6 +30,9 @@ import os
 # looking for a driver; libtpu's settings are in seamless_jax.train.hardware.LIBTPU_ENV).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from seamless_jax import console  # pylint: disable=wrong-import-position
+
+console.import_jax_quietly()
 # pylint: disable=wrong-import-position
 import copy
 import dataclasses
@@ -90,7 +93,7 @@ class Report:
   fits: bool
   bytes: dict = dataclasses.field(default_factory=dict)
   xla_message: str = ""
-  lower_s: float = 0.0
+  lower_s: float | None = None  # None: XLA refused the program (compile_s = time until then)
   compile_s: float = 0.0
   host_peak_rss_bytes: int = 0
   flops_per_step: float | None = None
@@ -169,7 +172,7 @@ def out_of_memory_message(error: Exception) -> str | None:
 
 def target_mesh(config, t: hardware.Target) -> Mesh:
   """The training mesh (``config.mesh``) over ``t``'s compile-only devices."""
-  with hardware.native_stderr_captured():
+  with console.native_stderr_captured():
     devices = hardware.compile_only_devices(t)
   return shd.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), devices=devices)
 
@@ -189,7 +192,7 @@ def settings_of(config) -> dict:
 
 def _compile(jitted, args, mesh: Mesh, name: str):
   """(compiled or None, OOM message, timings, FLOPs): attention traced for ``mesh``."""
-  with attention.kernel_target(mesh), hardware.native_stderr_captured() as log:
+  with attention.kernel_target(mesh), console.native_stderr_captured() as log:
     try:
       result = compilation.aot_compile(jitted, *args, name=name)
       return result, "", log
@@ -335,7 +338,8 @@ def format_report(r: Report) -> str:
           ("peak / device", f"{_gb(r.peak_bytes)} of {_gb(r.usable_bytes)} usable "
                             f"({_gb(r.hbm_bytes)} HBM)"),
           ("fits", "yes" if r.fits else f"NO{': ' + r.xla_message if r.xla_message else ''}"),
-          ("lower + compile", f"{r.lower_s:.0f} s + {r.compile_s:.0f} s"),
+          ("lower + compile", f"{r.lower_s:.0f} s + {r.compile_s:.0f} s" if r.lower_s is not None
+           else f"{r.compile_s:.0f} s until XLA refused it"),
           ("host RAM peak", _gb(r.host_peak_rss_bytes)),
           ("FLOPs / step", "-" if not r.flops_per_step else
            f"{_flops(r.flops_per_step)} analytic"

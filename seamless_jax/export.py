@@ -24,6 +24,11 @@ module imports no torch. The folder is assembled under ``DIR.partial-<pid>`` and
 
 from __future__ import annotations
 
+from seamless_jax import console
+
+console.import_jax_quietly()  # first: no JAX plugin start-up chatter on this command's console
+# pylint: disable=wrong-import-position
+
 import argparse
 import contextlib
 import json

@@ -52,6 +52,11 @@ Conventions and rules
 
 from __future__ import annotations
 
+from seamless_jax import console
+
+console.import_jax_quietly()  # first: no JAX plugin start-up chatter on this command's console
+# pylint: disable=wrong-import-position
+
 import argparse
 import dataclasses
 import functools

@@ -17,6 +17,11 @@ without saving.
 
 from __future__ import annotations
 
+from seamless_jax import console
+
+console.import_jax_quietly()  # first: no JAX plugin start-up chatter on this command's console
+# pylint: disable=wrong-import-position
+
 import ast
 import glob
 import os

@@ -120,3 +120,28 @@ def test_bad_target_is_one_line(tmp_path):
                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
   assert proc.returncode == aot.EXIT_ERROR
   assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target 'v9-8'")
+
+
+def test_out_of_memory_message_and_advice():
+  error = RuntimeError("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory "
+                       "in memory space hbm. Used 24.24G of 15.75G hbm.\nmore detail")
+  assert aot.out_of_memory_message(error).endswith("Used 24.24G of 15.75G hbm.")
+  assert aot.out_of_memory_message(RuntimeError("INVALID_ARGUMENT: bad shape")) is None
+  report = aot.Report(target="v5e-8", what="train", config="c", devices=8, hosts=1,
+                      global_batch=32, settings={"mesh.fsdp": 1, "frozen_dtype": "float32",
+                                                 "remat": False, "grad_accum_steps": 1},
+                      hbm_bytes=16 * 2 ** 30, usable_bytes=16 * 2 ** 30, fits=False,
+                      xla_message="Used 24.24G of 15.75G hbm.")
+  text = aot.advice(report)
+  for flag in ("--config.mesh.fsdp=8", "--config.frozen_dtype=bfloat16", "--config.remat=True",
+               "--config.grad_accum_steps=2"):
+    assert flag in text, text
+  assert "24.24G" in text
+
+
+def test_per_device_bytes_follows_the_sharding():
+  mesh = tpu_mesh()
+  x = jax.ShapeDtypeStruct((8, 1024), jnp.float32)
+  assert aot.per_device_bytes(x) == 8 * 1024 * 4
+  assert aot.per_device_bytes(x, NamedSharding(mesh, P(("data", "fsdp")))) == 1024 * 4
+  assert aot.per_device_bytes({"a": x}, {"a": NamedSharding(mesh, P())}) == 8 * 1024 * 4

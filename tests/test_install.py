@@ -12,7 +12,8 @@ TORCH_STACK = ("torch", "torchvision", "diffusers", "transformers", "lpips", "py
 TORCH_FREE_MODULES = ("seamless_jax.main", "seamless_jax.train.loop", "seamless_jax.inpaint",
                       "seamless_jax.loading", "seamless_jax.export", "seamless_jax.convert",
                       "seamless_jax.data.prepare", "seamless_jax.data.demo",
-                      "seamless_jax.eval.metrics", "seamless_jax.diffusion.sampler")
+                      "seamless_jax.eval.metrics", "seamless_jax.diffusion.sampler",
+                      "seamless_jax.aot")
 
 
 def _setup_lists() -> dict:
@@ -37,6 +38,10 @@ def test_base_install_has_no_torch_stack_and_extras_do():
   for extra in ("test", "notebooks"):
     names = {_name(r) for r in extras[extra]}
     assert {"torch", "diffusers", "transformers", "matplotlib"} <= names, (extra, names)
+  # libtpu and the CUDA plugin print start-up errors in every JAX process on a CPU machine:
+  # they come only with the [aot] extra, both pinned to the installed jax by jax's own extras.
+  assert not base & {"libtpu", "jax-cuda12-plugin"} and "jax" in base
+  assert extras["aot"] == ["jax[tpu,cuda12-local]"]
 
 
 def test_training_inference_and_export_import_no_torch():

@@ -67,12 +67,14 @@ def _jax_loss(params, z0, z0k, keep, t, e1, e2, **kw):
                               jnp.asarray(t, jnp.int32), f32(e1), f32(e2), AC, **kw)
 
 
+@pytest.mark.parametrize("scan_calls", [True, False])
 @pytest.mark.parametrize("stop_grad", [True, False])
 @pytest.mark.parametrize("second_t", ["prev", "same"])
-def test_two_step_matches_numpy_values_and_grads(second_t, stop_grad):
+def test_two_step_matches_numpy_values_and_grads(second_t, stop_grad, scan_calls):
   params, z0, z0k, keep, t, e1, e2 = _inputs()
-  kw = dict(stride=20, weight=0.5, second_t=second_t)
-  ref, ref_l1, ref_l2 = np_two_step(params, z0, z0k, keep, t, e1, e2, **kw)
+  kw = dict(stride=20, weight=0.5, second_t=second_t, scan_calls=scan_calls)
+  ref, ref_l1, ref_l2 = np_two_step(params, z0, z0k, keep, t, e1, e2,
+                                    stride=20, weight=0.5, second_t=second_t)
   p32 = tuple(jnp.asarray(p, jnp.float32) for p in params)
   loss, aux = _jax_loss(p32, z0, z0k, keep, t, e1, e2, stop_grad=stop_grad, **kw)
   np.testing.assert_allclose(loss, ref, rtol=1e-5, atol=1e-5)
@@ -92,9 +94,9 @@ def test_two_step_matches_numpy_values_and_grads(second_t, stop_grad):
       plus[i][idx] += h
       minus[i][idx] -= h
       hat = params if stop_grad else None  # stop_grad: ẑ0 frozen at the base params
-      fd[idx] = (np_two_step(plus, z0, z0k, keep, t, e1, e2, z0_hat_params=hat, **kw)[0]
-                 - np_two_step(minus, z0, z0k, keep, t, e1, e2, z0_hat_params=hat, **kw)[0]
-                 ) / (2 * h)
+      np_kw = dict(stride=20, weight=0.5, second_t=second_t, z0_hat_params=hat)
+      fd[idx] = (np_two_step(plus, z0, z0k, keep, t, e1, e2, **np_kw)[0]
+                 - np_two_step(minus, z0, z0k, keep, t, e1, e2, **np_kw)[0]) / (2 * h)
     err = np.max(np.abs(np.asarray(g) - fd)) / max(1.0, np.max(np.abs(fd)))
     assert err < 1e-4, f"param {i}: relative grad error {err:.2e}"
 
@@ -112,7 +114,8 @@ def test_second_call_renoises_at_t_prev_and_feeds_the_chosen_timestep(second_t):
 
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   _, aux = losses.two_step_loss(v_fn, f32(z0), f32(z0k), f32(keep), jnp.asarray(t, jnp.int32),
-                                f32(e1), f32(e2), AC, stride=20, second_t=second_t)
+                                f32(e1), f32(e2), AC, stride=20, second_t=second_t,
+                                scan_calls=False)  # two plain calls: their inputs are concrete
   assert len(calls) == 2
   np.testing.assert_array_equal(calls[0][1], t)
   np.testing.assert_array_equal(calls[1][1], t - 20 if second_t == "prev" else t)
@@ -224,7 +227,10 @@ def test_two_step_finite_in_bfloat16_for_every_allowed_t(second_t):
   assert amp < 35.0, amp
 
 
-def test_two_step_loss_compiles_once():
+@pytest.mark.parametrize("scan_calls,model_copies", [(True, 1), (False, 2)])
+def test_two_step_loss_compiles_once(scan_calls, model_copies):
+  """One trace per shape; with ``scan_calls`` the program holds ONE copy of the model (the
+  two calls are the iterations of a scan), otherwise two."""
   traces = []
 
   def v_fn(z, t):
@@ -233,7 +239,7 @@ def test_two_step_loss_compiles_once():
 
   @jax.jit
   def step(z0, z0k, keep, t, e1, e2):
-    return losses.two_step_loss(v_fn, z0, z0k, keep, t, e1, e2, AC)[0]
+    return losses.two_step_loss(v_fn, z0, z0k, keep, t, e1, e2, AC, scan_calls=scan_calls)[0]
 
   for seed in range(3):
     ks = jax.random.split(jax.random.PRNGKey(seed), 5)
@@ -241,7 +247,7 @@ def test_two_step_loss_compiles_once():
     keep = (jax.random.uniform(ks[4], (2, 4, 4, 1)) > 0.5).astype(jnp.float32)
     t = losses.sample_timesteps(ks[3], 2, stride=20, min_t=0, num_train_timesteps=1000)
     jax.block_until_ready(step(z(ks[0]), z(ks[1]), keep, t, z(ks[2]), z(ks[3])))
-  assert len(traces) == 2  # one trace, two v_fn calls in it
+  assert len(traces) == model_copies  # one trace of the loss, the model in it once or twice
   assert step._cache_size() == 1
 
 

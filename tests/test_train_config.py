@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import standard, two_step, vae_finetune
+from configs import default, standard, two_step, vae_finetune
 from seamless_jax.train import config_check
 from seamless_jax.train import models as models_lib
 
@@ -18,6 +18,28 @@ def test_variants_load(module, variant):
                 "attention", "parallelism"):
     assert field in c
   assert set(c.mesh) == {"data", "fsdp"}
+
+
+@pytest.mark.parametrize("module", [two_step, standard, vae_finetune])
+@pytest.mark.parametrize("target", sorted(default.TARGET_SETTINGS))
+def test_target_settings_change_only_the_memory_layout(module, target):
+  """``:sd15,TARGET`` = ``:sd15`` + the target's memory settings; the batch and recipe stay."""
+  base, tuned = module.get_config("sd15"), module.get_config(f"sd15,{target}")
+  changed = {k for k in default.TARGET_SETTINGS[target]}
+  flat = lambda c: {f"{k}.{kk}" if isinstance(v, dict) else k: (vv if isinstance(v, dict) else v)
+                    for k, v in c.to_dict().items()
+                    for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+  diff = {k for k in flat(base) if flat(base)[k] != flat(tuned)[k]}
+  assert diff <= changed and diff, (diff, changed)
+  assert tuned.batch_size == base.batch_size
+  config_check.validate(tuned, num_devices=8, shapes_only=True)
+
+
+def test_unknown_or_misplaced_target_settings_are_refused():
+  with pytest.raises(ValueError, match="unknown config target 'v9'"):
+    two_step.get_config("sd15,v9")
+  with pytest.raises(ValueError, match="for the ':sd15' variant"):
+    vae_finetune.get_config("tiny,v5e")
 
 
 def test_paper_settings():

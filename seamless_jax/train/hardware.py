@@ -17,13 +17,10 @@ megacore device): ``v4-8`` is 4 devices, ``v5e-8`` 8.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import re
-import sys
-import tempfile
-from typing import Iterator
+
+from seamless_jax import console
 
 GIB = 1024 ** 3
 
@@ -89,7 +86,13 @@ class Target:
 
   @property
   def usable_hbm_bytes(self) -> int:
-    return int(self.chip.hbm_bytes * self.chip.usable_fraction)
+    """HBM a training process may use: GPU: ``XLA_PYTHON_CLIENT_MEM_FRACTION`` of it (0.75
+    unless set, as JAX does; ``launch/slurm_gpu.sbatch`` sets 0.95); TPU: all of it (XLA
+    itself refuses a program over the limit)."""
+    fraction = self.chip.usable_fraction
+    if self.chip.gpu and os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"):
+      fraction = float(os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"])
+    return int(self.chip.hbm_bytes * fraction)
 
 
 def _tpu(name, chip, devices, hosts, topology, **options) -> Target:
@@ -192,42 +195,9 @@ def compile_only_devices(t: Target) -> list:
   return devices
 
 
-# What JAX's plugins print on a machine without their hardware when they start (the CUDA
-# plugin's driver probe, libtpu's missing TPU metadata): information, not errors.
-START_UP_CHATTER = re.compile(
-    r"All log messages before absl::InitializeLog|cudart_stub\.cc|Could not find cuda drivers|"
-    r"TPU_WORKER_HOSTNAMES|TPU_ACCELERATOR_TYPE|libtpu\.so may not|Source Location Trace|"
-    r"libtpu_init_utils|^=+\s*$")
-
-
-@contextlib.contextmanager
-def native_stderr_captured() -> Iterator[list]:
-  """Keeps what C++ libraries (libtpu, the CUDA plugin) write to file descriptor 2 off the
-  console; the yielded list receives that text when the block ends."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  captured: list[str] = []
-  with tempfile.TemporaryFile(mode="w+b") as sink:
-    os.dup2(sink.fileno(), 2)
-    try:
-      yield captured
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      sink.seek(0)
-      captured.append(sink.read().decode("utf-8", "replace"))
-
-
 def start_backends() -> list:
-  """``jax.devices()``, with the plugins' start-up chatter (:data:`START_UP_CHATTER`) dropped
-  and any other native output passed on to stderr. Command-line tools call it first, so a venv
-  with ``.[aot]`` installed (libtpu, the CUDA plugin) keeps a clean console on a CPU machine."""
+  """``jax.devices()`` with the plugins' start-up chatter kept off the console
+  (:mod:`seamless_jax.console`): command-line tools call it first."""
   import jax  # pylint: disable=import-outside-toplevel
-  with native_stderr_captured() as captured:
-    devices = jax.devices()
-  kept = [line for line in "".join(captured).splitlines()
-          if line.strip() and not START_UP_CHATTER.search(line)]
-  if kept:
-    sys.stderr.write("\n".join(kept) + "\n")
-  return devices
+  with console.chatter_filtered():
+    return jax.devices()

@@ -239,7 +239,8 @@ class Sampler:
     put = lambda x: shd.put_replicated(x, trainer.mesh)
     self.batch = jax.tree.map(put, {k: self.batch_host[k] for k in ("image", "keep")})
     self.cond, self.uncond = put(cond), put(uncond)
-    self.fn = steps_lib.make_sample_fn(config, trainer.models, trainer.alphas_cumprod)
+    self.fn = steps_lib.make_sample_fn(config, trainer.models, trainer.alphas_cumprod,
+                                       trainer.mesh)
     self.key = jax.random.PRNGKey(int(config.seed) + 2)
     self.cd_real = metrics_lib.color_distance_batch(image, keep)  # the photos' own border CD
 

@@ -87,7 +87,8 @@ def make_diffusion_grads(config, models, alphas_cumprod) -> Callable:
       loss, aux = losses.two_step_loss(
           v_fn, z0, z0_known, keep_latent, rand["t"], rand["noise1"], rand["noise2"],
           alphas_cumprod, stride=int(ts.stride), weight=float(ts.weight),
-          stop_grad=bool(ts.stop_grad), second_t=ts.second_t, min_t=int(ts.min_t))
+          stop_grad=bool(ts.stop_grad), second_t=ts.second_t, min_t=int(ts.min_t),
+          scan_calls=bool(ts.get("scan_calls", True)))
       return loss, {"loss": loss, "loss1": aux["loss1"], "loss2": aux["loss2"]}
     loss, _ = losses.standard_loss(v_fn, z0, rand["t"], rand["noise1"], alphas_cumprod)
     return loss, {"loss": loss, "loss1": loss, "loss2": jnp.zeros_like(loss)}
@@ -330,19 +331,27 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
 
 # ============================================================================ samples
 
-def make_sample_fn(config, models, alphas_cumprod=None) -> Callable:
+def make_sample_fn(config, models, alphas_cumprod=None, mesh=None) -> Callable:
   """Jitted ``sample(params, frozen, batch, cond_ids, uncond_ids, key) -> (B,R,R,3)`` images.
 
   two_step/standard: BLD sampling (DDIM, CFG, blending) with the given UNet params, decoded by
   the VAE. vae_finetune: the Eq. 6 blend reconstruction with the given VAE params.
+  ``mesh``: the mesh the (sharded) params live on; attention kernels are chosen for it.
   """
+  def for_mesh(fn):
+    @functools.wraps(fn)
+    def traced_for_mesh(*args):
+      with attention.kernel_target(mesh):
+        return fn(*args)
+    return jax.jit(traced_for_mesh)
+
   from seamless_jax.diffusion import sampler  # pylint: disable=import-outside-toplevel
   vae, text, unet = models.vae, models.text, models.unet
   sf = models.scaling_factor
   sc = config.sample
 
   if config.mode == "vae_finetune":
-    @jax.jit
+    @for_mesh
     def vae_sample(params, frozen, batch, cond_ids, uncond_ids, key):
       del cond_ids, uncond_ids, key
       full = {**frozen["vae"], **params["vae"]}
@@ -360,7 +369,7 @@ def make_sample_fn(config, models, alphas_cumprod=None) -> Callable:
                           num_inference_steps=int(sc.num_inference_steps),
                           prediction_type="v_prediction")
 
-  @jax.jit
+  @for_mesh
   def bld_sample(params, frozen, batch, cond_ids, uncond_ids, key):
     image, keep = batch["image"], batch["keep"]
     mean, _ = vae.apply({"params": frozen["vae"]}, image * keep, method=vae.encode)
