@@ -25,14 +25,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (config, target, overrides): the shipped SD-1.5 settings per target, then the next batch up.
+# (config, target, overrides): the shipped SD-1.5 settings per target.
 SD15_ROWS = [
-    ("configs/two_step.py:sd15,v5e", "v5e-8", ()),
-    ("configs/vae_finetune.py:sd15,v5e", "v5e-8", ()),
-    ("configs/two_step.py:sd15,v4", "v4-8", ()),
-    ("configs/vae_finetune.py:sd15,v4", "v4-8", ()),
     ("configs/two_step.py:sd15,gpu", "h100-8", ()),
     ("configs/vae_finetune.py:sd15,gpu", "h100-8", ()),
+    ("configs/vae_finetune.py:sd15,v5e", "v5e-8", ()),
+    ("configs/two_step.py:sd15,v5e", "v5e-8", ()),
+    ("configs/two_step.py:sd15,v4", "v4-8", ()),
+    ("configs/vae_finetune.py:sd15,v4", "v4-8", ()),
 ]
 TINY_ROWS = [("configs/two_step.py:tiny", "v5e-8", ()), ("configs/two_step.py:tiny", "h100-8", ())]
 

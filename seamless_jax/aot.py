@@ -190,11 +190,19 @@ def settings_of(config) -> dict:
   return values
 
 
+# XLA options for compiling without the device. GPU: the Triton GEMM emitter picks its tiles by
+# autotuning on the device; without one, SD-1.5's (16384 x 320) projections fail ("Couldn't find
+# output tile sizes"), so GEMMs compile as cuBLAS calls (same buffers, the same memory figure).
+COMPILE_ONLY_OPTIONS = {"gpu": {"xla_gpu_enable_triton_gemm": False}}
+
+
 def _compile(jitted, args, mesh: Mesh, name: str):
-  """(compiled or None, OOM message, timings, FLOPs): attention traced for ``mesh``."""
+  """(compiled or None, OOM message, native log): attention traced for ``mesh``."""
+  platform = attention.target_of(mesh).platform
   with attention.kernel_target(mesh), console.native_stderr_captured() as log:
     try:
-      result = compilation.aot_compile(jitted, *args, name=name)
+      result = compilation.aot_compile(jitted, *args, name=name, release_trace=True,
+                                       compiler_options=COMPILE_ONLY_OPTIONS.get(platform))
       return result, "", log
     except jax.errors.JaxRuntimeError as e:
       message = out_of_memory_message(e)

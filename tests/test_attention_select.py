@@ -18,9 +18,12 @@ def pick(requested, platform, head_dim, dtype=BF16, q_len=4096, kv_len=4096, cc=
 def test_auto_on_hopper_uses_cudnn_for_sd15_unet_heads_and_xla_for_the_vae_head():
   for head_dim in (40, 80, 160):  # SD-1.5 UNet: 8 heads of 320/640/1280 channels
     assert pick(None, "gpu", head_dim) == "cudnn"
-    assert pick("", "gpu", head_dim, kv_len=77) == "cudnn"  # cross-attention
+    # cross-attention to 77 tokens: cuDNN's backward refuses odd lengths ("Unsupported
+    # sequence length Q 4096, KV 77"), so XLA
+    assert pick("", "gpu", head_dim, kv_len=77) == "xla"
   assert pick(None, "gpu", 512) == "xla"                    # VAE mid-block: one 512-wide head
-  assert pick(None, "gpu", 64, q_len=77, kv_len=77) == "cudnn"  # CLIP text (causal)
+  assert pick(None, "gpu", 64, q_len=77, kv_len=77) == "xla"  # CLIP text (causal, 77 tokens)
+  assert pick(None, "gpu", 64, q_len=78, kv_len=78) == "cudnn"
 
 
 def test_auto_respects_cudnn_head_dim_and_dtype_rules():

@@ -25,7 +25,8 @@ def test_variants_load(module, variant):
 def test_target_settings_change_only_the_memory_layout(module, target):
   """``:sd15,TARGET`` = ``:sd15`` + the target's memory settings; the batch and recipe stay."""
   base, tuned = module.get_config("sd15"), module.get_config(f"sd15,{target}")
-  changed = {k for k in default.TARGET_SETTINGS[target]}
+  group = "vae" if tuned.mode == "vae_finetune" else "diffusion"
+  changed = set(default.TARGET_SETTINGS[target][group])
   flat = lambda c: {f"{k}.{kk}" if isinstance(v, dict) else k: (vv if isinstance(v, dict) else v)
                     for k, v in c.to_dict().items()
                     for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}

@@ -5,7 +5,8 @@ All attention goes through :func:`attend`, which picks the kernel per call with
 
 * ``None`` / ``''`` (default, automatic): cuDNN flash attention
   (``jax.nn.dot_product_attention(implementation='cudnn')``) on GPU wherever its rules hold
-  (fp16/bf16, head dim a multiple of 8 and <= 128, <= 256 from Hopper on); on TPU the Pallas
+  (fp16/bf16, head dim a multiple of 8 and <= 128, <= 256 from Hopper on, even lengths: not the
+  77-token text sequences); on TPU the Pallas
   flash kernel where it takes the head dim (<= 128 or a multiple of 128) and the sequence
   lengths tile by 128; :func:`softmax_attention` (two einsums around a float32 softmax, with a
   hand-written VJP) everywhere else (CPU, float32, the VAE mid-block's 512-wide head on GPU,
@@ -57,10 +58,13 @@ def cudnn_max_head_dim(compute_capability: str | None) -> int:
   return 256 if major >= 9 else 128
 
 
-def cudnn_supports(head_dim: int, dtype, compute_capability: str | None = None) -> bool:
-  """Whether cuDNN flash attention takes this head dim and dtype (no bias/mask used here)."""
+def cudnn_supports(head_dim: int, dtype, compute_capability: str | None = None,
+                   q_len: int = 2, kv_len: int = 2) -> bool:
+  """Whether cuDNN flash attention takes this head dim, dtype and these lengths. Its training
+  (backward) kernel refuses odd lengths, so the 77-token text sequences go to XLA."""
   return (jnp.dtype(dtype).name in CUDNN_DTYPES and head_dim % 8 == 0
-          and head_dim <= cudnn_max_head_dim(compute_capability))
+          and head_dim <= cudnn_max_head_dim(compute_capability)
+          and q_len % 2 == 0 and kv_len % 2 == 0)
 
 
 def pallas_supports(head_dim: int, q_len: int, kv_len: int) -> bool:
@@ -101,7 +105,8 @@ def select_implementation(requested: str | None, platform: str, *, head_dim: int
                        f"(config.dtype); got {dtype_name}")
   if requested == "pallas" and not tpu:
     raise ValueError(f"config.attention='pallas' needs a TPU; the backend is {platform!r}")
-  if gpu and platform != "rocm" and cudnn_supports(head_dim, dtype, compute_capability):
+  if gpu and platform != "rocm" and cudnn_supports(head_dim, dtype, compute_capability, q_len,
+                                                   kv_len):
     return "cudnn"
   if tpu and pallas_supports(head_dim, q_len, kv_len):
     return "pallas"
@@ -131,6 +136,11 @@ def target_of(mesh: Mesh, *, per_device: bool = False) -> KernelTarget:
   device = mesh.devices.flat[0]
   platform = "gpu" if device.platform in ("gpu", "cuda") else device.platform
   capability = getattr(device, "compute_capability", None)
+  if platform == "gpu" and jax.default_backend() not in ("gpu", "cuda"):
+    # Compiling for a GPU on a machine without one: JAX's cuDNN check reads the LOCAL GPU's
+    # compute capability and, finding none, applies the pre-Hopper head-dim limit (128), so
+    # plan with that limit (SD-1.5's 160-wide heads then compile with XLA attention here).
+    capability = None
   return KernelTarget(platform, str(capability) if capability else None,
                       None if per_device or mesh.size == 1 else mesh)
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 from typing import Any, Callable
@@ -94,20 +95,26 @@ class Compiled:
 
 
 def aot_compile(jitted: Callable, *args, count_flops: bool = True, name: str = "",
-                compiler_options: dict | None = None) -> Compiled:
+                compiler_options: dict | None = None, release_trace: bool = False) -> Compiled:
   """Lowers and compiles ``jitted`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``s).
 
   The FLOP count walks the traced jaxpr (convolutions included, on every backend) and reuses
   the trace made for lowering. ``compiler_options``: XLA debug options for this program only
   (e.g. :func:`run_once_options`); they are part of the persistent cache's key.
+  ``release_trace``: drop the jaxpr and JAX's trace caches before XLA compiles (processes that
+  compile one big program and exit: an SD-1.5 step's trace holds gigabytes of host memory).
   """
   t0 = time.perf_counter()
   traced = jitted.trace(*args)
   lowered = traced.lower()
+  flops = flops_lib.jaxpr_flops(traced.jaxpr) if count_flops else None
+  if release_trace:
+    del traced
+    jax.clear_caches()
+    gc.collect()
   t1 = time.perf_counter()
   compiled = lowered.compile(compiler_options or None)
   t2 = time.perf_counter()
-  flops = flops_lib.jaxpr_flops(traced.jaxpr) if count_flops else None
   if name:
     logging.info("%s: lowered in %.1fs, compiled in %.1fs, %s", name, t1 - t0, t2 - t1,
                  f"{flops / 1e9:.1f} GFLOP per call" if flops else "FLOPs not counted")
