@@ -30,9 +30,15 @@ SD15_ROWS = [
     ("configs/two_step.py:sd15,gpu", "h100-8", ()),
     ("configs/vae_finetune.py:sd15,gpu", "h100-8", ()),
     ("configs/vae_finetune.py:sd15,v5e", "v5e-8", ()),
-    ("configs/two_step.py:sd15,v5e", "v5e-8", ()),
-    ("configs/two_step.py:sd15,v4", "v4-8", ()),
     ("configs/vae_finetune.py:sd15,v4", "v4-8", ()),
+    ("configs/two_step.py:sd15,v4", "v4-8", ()),
+    ("configs/two_step.py:sd15,v5e", "v5e-8", ()),
+    # the largest per-device batch: twice the shipped one where it fits
+    ("configs/two_step.py:sd15,gpu", "h100-8", ("--config.batch_size=64",)),
+    ("configs/two_step.py:sd15,gpu", "h100-8", ("--config.batch_size=96",)),
+    # the inference sampler (50 DDIM steps, 512², CFG), one GPU
+    ("configs/two_step.py:sd15", "h100-1", ("--what=sample", "--sample_batch=1")),
+    ("configs/two_step.py:sd15", "h100-1", ("--what=sample", "--sample_batch=8")),
 ]
 TINY_ROWS = [("configs/two_step.py:tiny", "v5e-8", ()), ("configs/two_step.py:tiny", "h100-8", ())]
 
@@ -64,7 +70,7 @@ def run_row(config: str, target: str, overrides, timeout: int) -> dict:
 
 def table(rows: list[dict]) -> str:
   """Markdown: one line per compiled row."""
-  head = ("| target | config | per-device batch | settings | peak / usable HBM (GiB) | fits | "
+  head = ("| target | program | per-device batch | settings | peak / usable HBM (GiB) | fits | "
           "compile (s) | host RAM (GiB) | predicted img/s at 40 % MFU |\n"
           "|---|---|---|---|---|---|---|---|---|")
   lines = [head]
@@ -74,15 +80,21 @@ def table(rows: list[dict]) -> str:
       lines.append(f"| {r['key']} | error: {r.get('error', '?')} ||||||||")
       continue
     s = r["settings"]
-    per_device = s["batch_size"] // (s["grad_accum_steps"] * r["devices"])
-    settings = (f"fsdp={s['mesh.fsdp']}, remat={s['remat_policy'] if s['remat'] else 'off'}, "
-                f"frozen {s['frozen_dtype']}, accum {s['grad_accum_steps']}, "
-                f"global batch {s['batch_size']}")
+    if r["what"] == "sample":
+      per_device = max(r["global_batch"] // r["devices"], 1)
+      settings = (f"{s['sample_steps']} DDIM steps + CFG, {s['sample_resolution']}², "
+                  f"batch {r['global_batch']}, {s['dtype']}")
+    else:
+      per_device = s["batch_size"] // (s["grad_accum_steps"] * r["devices"])
+      settings = (f"fsdp={s['mesh.fsdp']}, remat={s['remat_policy'] if s['remat'] else 'off'}, "
+                  f"frozen {s['frozen_dtype']}, accum {s['grad_accum_steps']}, "
+                  f"global batch {s['batch_size']}")
     peak = r["bytes"].get("peak")
     peak_text = (f"{peak / gib:.1f} / {r['usable_bytes'] / gib:.1f}" if peak
                  else f"XLA: {r.get('xla_message', '')[:80]}")
     img_s = f"{r['img_s_at_40_mfu']:.1f}" if r.get("img_s_at_40_mfu") else "-"
-    lines.append(f"| {r['target']} | `{r['config']}` | {per_device} | {settings} | {peak_text} | "
+    program = f"`{r['config']}`" + (" sampler" if r["what"] == "sample" else "")
+    lines.append(f"| {r['target']} | {program} | {per_device} | {settings} | {peak_text} | "
                  f"{'yes' if r['fits'] else '**no**'} | {(r['lower_s'] or 0) + r['compile_s']:.0f} | "
                  f"{r['host_peak_rss_bytes'] / gib:.1f} | {img_s} |")
   return "\n".join(lines)
@@ -92,6 +104,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", help="JSON-lines file the rows are appended to")
   parser.add_argument("--only", help="only the rows of this target")
+  parser.add_argument("--config", dest="config_filter", help="only rows whose config contains this")
   parser.add_argument("--tiny", action="store_true", help="the tiny config's rows (fast)")
   parser.add_argument("--table", help="print the markdown table of this JSON-lines file")
   parser.add_argument("--timeout", type=int, default=3600)
@@ -106,7 +119,8 @@ def main() -> None:
       done = {json.loads(line)["key"] for line in f if line.strip()}
   rows = TINY_ROWS if args.tiny else SD15_ROWS
   for config, target, overrides in rows:
-    if (args.only and target != args.only) or row_key(config, target, overrides) in done:
+    if ((args.only and target != args.only) or row_key(config, target, overrides) in done
+        or (args.config_filter and args.config_filter not in config)):
       continue
     row = run_row(config, target, overrides, args.timeout)
     print(f"{row['key']}: exit {row['exit']}, {row['wall_s']:.0f} s", flush=True)

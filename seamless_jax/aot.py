@@ -62,16 +62,6 @@ from seamless_jax.train import models as models_lib
 from seamless_jax.train import sharding as shd
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config, e.g. configs/two_step.py:sd15.",
-                                lock_config=True)
-flags.DEFINE_string("topology", None, f"Target: {', '.join(hardware.TARGETS)}.")
-flags.DEFINE_enum("what", "train", ["train", "sample"],
-                  "'train': the config's train step; 'sample': the BLD inference sampler.")
-flags.DEFINE_integer("sample_batch", 1, "Images per sampler call (--what=sample).")
-flags.DEFINE_integer("sample_resolution", 0, "Sampler image side (0: 512 for sd15 models, "
-                     "config.data.resolution for tiny ones).")
-flags.DEFINE_integer("sample_steps", 50, "DDIM steps of the sampler (--what=sample).")
-flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
 
 EXIT_FITS, EXIT_ERROR, EXIT_DOES_NOT_FIT = 0, 1, 2
 MFU_FOR_ESTIMATE = 0.40
@@ -197,18 +187,18 @@ COMPILE_ONLY_OPTIONS = {"gpu": {"xla_gpu_enable_triton_gemm": False}}
 
 
 def _compile(jitted, args, mesh: Mesh, name: str):
-  """(compiled or None, OOM message, native log): attention traced for ``mesh``."""
+  """``(compiled, '')``, or ``(None, XLA's message)`` when the program does not fit; attention
+  traced for ``mesh``; libtpu's compile chatter kept off the console."""
   platform = attention.target_of(mesh).platform
-  with attention.kernel_target(mesh), console.native_stderr_captured() as log:
+  with attention.kernel_target(mesh), console.chatter_filtered():
     try:
-      result = compilation.aot_compile(jitted, *args, name=name, release_trace=True,
-                                       compiler_options=COMPILE_ONLY_OPTIONS.get(platform))
-      return result, "", log
+      return compilation.aot_compile(jitted, *args, name=name, release_trace=True,
+                                     compiler_options=COMPILE_ONLY_OPTIONS.get(platform)), ""
     except jax.errors.JaxRuntimeError as e:
       message = out_of_memory_message(e)
       if message is None:
         raise
-      return None, message, log
+      return None, message
 
 
 def compile_train_step(config, target_name: str, config_name: str = "") -> Report:
@@ -224,8 +214,8 @@ def compile_train_step(config, target_name: str, config_name: str = "") -> Repor
            "frozen": per_device_bytes(trainer.frozen, trainer.frozen_shardings),
            "batch": per_device_bytes(batch)}
   t0 = time.perf_counter()
-  compiled, oom, _ = _compile(trainer.step_fn, (state, trainer.frozen, batch), mesh,
-                              f"{config.mode} step for {t.name}")
+  compiled, oom = _compile(trainer.step_fn, (state, trainer.frozen, batch), mesh,
+                           f"{config.mode} step for {t.name}")
   report = _report(t, "train", config, config_name, int(config.batch_size), parts, compiled,
                    oom, time.perf_counter() - t0)
   report.attention = attention_kernels(trainer, mesh)
@@ -233,26 +223,23 @@ def compile_train_step(config, target_name: str, config_name: str = "") -> Repor
 
 
 def attention_kernels(trainer, mesh: Mesh) -> dict:
-  """``{kernel: calls}`` of one UNet (or VAE) forward pass traced for ``mesh``."""
+  """``{'<kernel> (head dim H)': calls}`` of one UNet forward pass (the VAE's for
+  vae_finetune) on a micro-batch, traced for ``mesh``."""
   counts: dict[str, int] = {}
   models, config = trainer.models, trainer.config
-  per_chip = int(config.batch_size) // int(config.grad_accum_steps)
+  micro_batch = int(config.batch_size) // int(config.grad_accum_steps)
+  side = int(config.data.resolution)
   with attention.kernel_target(mesh), attention.count_kernels(counts):
     if models.unet is not None:
-      lat = _latent_side(models, int(config.data.resolution))
-      jax.eval_shape(lambda: models.unet.init_with_output(
-          jax.random.PRNGKey(0), jnp.zeros((per_chip, lat, lat, 4), models.unet.dtype),
-          jnp.zeros((per_chip,), jnp.int32),
-          jnp.zeros((per_chip, 77, models.unet.cross_attention_dim), models.unet.dtype)))
+      unet, lat = models.unet, side // int(models.vae.downscale)
+      jax.eval_shape(lambda: unet.init_with_output(
+          jax.random.PRNGKey(0), jnp.zeros((micro_batch, lat, lat, 4), unet.dtype),
+          jnp.zeros((micro_batch,), jnp.int32),
+          jnp.zeros((micro_batch, 77, unet.cross_attention_dim), unet.dtype)))
     else:
-      side = int(config.data.resolution)
       jax.eval_shape(lambda: models.vae.init_with_output(
-          jax.random.PRNGKey(0), jnp.zeros((per_chip, side, side, 3), models.vae.dtype)))
+          jax.random.PRNGKey(0), jnp.zeros((micro_batch, side, side, 3), models.vae.dtype)))
   return counts
-
-
-def _latent_side(models, resolution: int) -> int:
-  return resolution // int(models.vae.downscale)
 
 
 def compile_sampler(config, target_name: str, batch: int, resolution: int, steps: int,
@@ -261,9 +248,9 @@ def compile_sampler(config, target_name: str, batch: int, resolution: int, steps
   ``config`` (a UNet is built for every mode), ``batch`` images of ``resolution``², params
   replicated, images split over the devices when the batch divides by their number."""
   t = hardware.target(target_name)
-  with config.unlocked():
-    config = copy.deepcopy(config)
-    config.mode = "two_step" if config.mode == "vae_finetune" else config.mode
+  config = copy.deepcopy(config)
+  if config.mode == "vae_finetune":  # the sampler needs the UNet the VAE modes leave out
+    config.mode = "two_step"
   config_check.validate(config, shapes_only=True)
   mesh = target_mesh(config, t)
   models = models_lib.build_models(config, shapes_only=True)
@@ -292,7 +279,7 @@ def compile_sampler(config, target_name: str, batch: int, resolution: int, steps
   args[7] = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
   parts = {"params": per_device_bytes(params), "batch": per_device_bytes(part)}
   t0 = time.perf_counter()
-  compiled, oom, _ = _compile(jitted, args, mesh, f"sampler for {t.name}")
+  compiled, oom = _compile(jitted, args, mesh, f"sampler for {t.name}")
   report = _report(t, "sample", config, config_name, batch, parts, compiled, oom,
                    time.perf_counter() - t0)
   report.settings.update({"sample_steps": steps, "sample_resolution": resolution})
@@ -368,6 +355,9 @@ def advice(r: Report) -> str:
   s = r.settings
   over = (f"needs {_gb(r.peak_bytes)} of {_gb(r.usable_bytes)}" if r.peak_bytes
           else r.xla_message)
+  if r.what == "sample":
+    return (f"The sampler does not fit {r.target} ({over}). Try: a smaller --sample_batch or "
+            "--sample_resolution, or a target with more HBM per device.")
   tries = []
   if s.get("mesh.fsdp", 1) < r.devices:
     tries.append(f"--config.mesh.fsdp={r.devices} (shards params and optimizer state)")
@@ -413,7 +403,24 @@ def main(argv) -> int:
   return EXIT_FITS
 
 
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so that importing this module next to
+  ``seamless_jax.main``, which also has ``--config``, defines nothing twice)."""
+  config_flags.DEFINE_config_file("config", None,
+                                  "Training config, e.g. configs/two_step.py:sd15,v5e.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None, f"Target: {', '.join(hardware.TARGETS)}.")
+  flags.DEFINE_enum("what", "train", ["train", "sample"],
+                    "'train': the config's train step; 'sample': the BLD inference sampler.")
+  flags.DEFINE_integer("sample_batch", 1, "Images per sampler call (--what=sample).")
+  flags.DEFINE_integer("sample_resolution", 0, "Sampler image side (0: 512 for sd15 models, "
+                       "config.data.resolution for tiny ones).")
+  flags.DEFINE_integer("sample_steps", 50, "DDIM steps of the sampler (--what=sample).")
+  flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
+
+
 def run() -> None:
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
 
 

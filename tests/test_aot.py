@@ -93,20 +93,22 @@ def test_tiny_two_step_step_compiles_for_a_tpu_slice_and_reports_memory(tmp_path
 
 @pytest.mark.slow
 def test_cli_compiles_for_h100_and_an_oversized_batch_does_not_fit(tmp_path):
-  """The command on the H100 target: exit 0 and 'fits yes' for the tiny config; a batch whose
-  activations exceed 8 x 80 GB: exit 2, 'NO' and the settings to try."""
+  """The command on the H100 target: exit 0 and 'fits yes' for the tiny config's train step; a
+  sampler batch whose activations exceed 80 GB per GPU: exit 2, 'NO' and what to try."""
   out = tmp_path / "report.json"
   env = dict(os.environ, PYTHONPATH=ROOT)
   base = [sys.executable, "-m", "seamless_jax.aot", "--config=configs/two_step.py:tiny",
-          "--topology=h100-8", "--what=sample", "--sample_steps=2"]
+          "--topology=h100-8"]
   proc = subprocess.run(base + [f"--json={out}"], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "cudart_stub" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-  assert "fits" in proc.stdout and "yes" in proc.stdout
+  assert "fits" in proc.stdout and "yes" in proc.stdout and "H100" in proc.stdout
   report = json.loads(out.read_text())
   assert report["fits"] and report["bytes"]["peak"] > 0 and report["target"] == "h100-8"
-  big = subprocess.run(base + ["--sample_batch=4096", "--sample_resolution=1024"],
+  assert report["bytes"]["opt_state"] > 0 and report["flops_per_step"] > 0
+  big = subprocess.run(base + ["--what=sample", "--sample_steps=2", "--sample_batch=4096",
+                               "--sample_resolution=1024"],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
   assert big.returncode == aot.EXIT_DOES_NOT_FIT, big.stdout[-2000:] + big.stderr[-2000:]
   assert "NO" in big.stdout and "does not fit h100-8" in big.stdout
@@ -145,3 +147,20 @@ def test_per_device_bytes_follows_the_sharding():
   assert aot.per_device_bytes(x) == 8 * 1024 * 4
   assert aot.per_device_bytes(x, NamedSharding(mesh, P(("data", "fsdp")))) == 1024 * 4
   assert aot.per_device_bytes({"a": x}, {"a": NamedSharding(mesh, P())}) == 8 * 1024 * 4
+
+
+def test_targets_table_of_the_sweep_script():
+  """benchmarks/aot_targets.py turns reports into the docs/targets.md rows (fits / not)."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import aot_targets  # pylint: disable=import-outside-toplevel
+  settings = {"batch_size": 32, "grad_accum_steps": 4, "mesh.fsdp": 8, "remat": False,
+              "remat_policy": "nothing_saveable", "frozen_dtype": "bfloat16"}
+  row = {"key": "k", "target": "v5e-8", "what": "train", "config": "configs/two_step.py:sd15,v5e",
+         "devices": 8, "settings": settings, "bytes": {"peak": 12 * 2 ** 30},
+         "usable_bytes": 16 * 2 ** 30, "fits": True, "lower_s": 25.0, "compile_s": 1000.0,
+         "host_peak_rss_bytes": 18 * 2 ** 30, "img_s_at_40_mfu": 95.3}
+  failed = dict(row, fits=False, bytes={}, lower_s=None, xla_message="Used 24.24G of 15.75G")
+  lines = aot_targets.table([row, failed]).splitlines()
+  assert lines[2].startswith("| v5e-8 | `configs/two_step.py:sd15,v5e` | 1 | fsdp=8, remat=off")
+  assert "| 12.0 / 16.0 | yes | 1025 | 18.0 | 95.3 |" in lines[2]
+  assert "XLA: Used 24.24G" in lines[3] and "**no**" in lines[3]
