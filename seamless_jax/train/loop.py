@@ -362,48 +362,26 @@ def _train(config, workdir: str, stop_signal) -> dict:
   """:func:`train_and_evaluate` after the checks, with the stop-signal handlers installed."""
   # ------------------------------------------------------------------ setup
   trainer = setup(config, workdir)
-  mesh, state = trainer.mesh, trainer.state
+  mesh = trainer.mesh
   logging.info("mesh %s; %s trainable params; %d devices, %d processes",
-               dict(mesh.shape), f"{state_lib.count_params(state.params):,}", mesh.size,
+               dict(mesh.shape), f"{state_lib.count_params(trainer.state.params):,}", mesh.size,
                jax.process_count())
-  per_host = int(config.batch_size) // jax.process_count()
-  dataset = pipeline.make_dataset(config.data, batch_size=per_host, seed=int(config.seed),
-                                  shard_index=jax.process_index(),
-                                  shard_count=jax.process_count())
-  data_iter = iter(dataset)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.keep_checkpoints),
-                                       async_save=bool(config.async_checkpointing))
-  writer = log_lib.MetricWriter(workdir, int(config.total_steps))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  data_iter, checkpointer, writer = _open_run(config, workdir)
 
   # ------------------------------------------------------------------ restore
-  if checkpointer.all_steps():
-    target = state_lib.abstract_with_shardings(state, trainer.state_shardings)
-    del state, trainer.state  # free the fresh state before the restored one arrives
-    try:  # the newest step that restores; damaged newer ones are moved aside
-      _, state = checkpointer.restore_latest(target, data_iter)
-    except ckpt_lib.CheckpointError:
-      checkpointer.close()
-      writer.close()
-      raise
+  state = _restored_state(trainer, checkpointer, writer, data_iter)
   step = int(jax.device_get(state.step))
   stopped = "signal" if ckpt_lib.any_process(stop_signal.requested)[0] else ""
   if step >= int(config.total_steps) or stopped:
     logging.info("stopping at step %d before compiling (%s)", step,
                  "stop signal" if stopped else f"config.total_steps={config.total_steps}")
-    checkpointer.close()
-    writer.close()
+    _close_run(checkpointer, writer)
     return {"step": step, "stopped": stopped}
 
   # ------------------------------------------------------------------ compile
   compiled = compile_step(trainer, state)
   flops = compiled_flops(compiled, mesh.size)  # per device; micro-batch scans included
-  peak = peak_flops(config)
-  logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
-               config.mode, compiled.compile_s, compiled.lower_s,
-               f"{flops / 1e9:.1f}" if flops else "?")
+  _log_compiled(config, compiled, flops)
   sampler = Sampler(trainer, workdir, writer) if int(config.sample_every) > 0 else None
 
   # ------------------------------------------------------------------ train
@@ -443,50 +421,114 @@ def _train(config, workdir: str, stop_signal) -> dict:
         history.append(_check_finite(jax.device_get(pending), config, checkpointer))
         pending = None
         elapsed = time.perf_counter() - window_start - pause
-        scalars = _mean_metrics(history)
-        scalars.update(skipped_total=history[-1]["skipped_total"],
-                       nonfinite_streak=history[-1]["nonfinite_streak"],
-                       data_skipped=data_skipped, step_time=elapsed / window_steps,
-                       steps_per_sec=window_steps / elapsed,
-                       examples_per_sec=window_steps * int(config.batch_size) / elapsed)
-        del scalars["skipped"]
-        if flops:
-          scalars["tflops_per_device"] = flops * window_steps / elapsed / 1e12
-          if peak:
-            scalars["mfu"] = flops * window_steps / elapsed / peak
+        scalars = _window_scalars(config, history, data_skipped, elapsed, window_steps, flops)
         writer.write(step, scalars)
         last = dict(scalars, step=step)  # keeps nonfinite_streak of this step
         history, window_start, window_steps, pause = [], time.perf_counter(), 0, 0.0
 
       t_pause = time.perf_counter()
-      if sampler is not None and (step % int(config.sample_every) == 0 or step == total):
-        sampler(state.ema_params, trainer.frozen, step)  # EMA weights, as eval and export
-      if int(config.checkpoint_every) and step % int(config.checkpoint_every) == 0:
-        if pending is not None:  # know this step's outcome before saving it
-          history.append(_check_finite(jax.device_get(pending), config, checkpointer))
-          pending = None
-        if streak_now(history, last) > 0:
-          logging.warning("step %d: not saving during a non-finite streak", step)
-        else:
-          checkpointer.save(step, state, data_iter)
+      pending = _sample_and_save(config, step, state, trainer.frozen, sampler, checkpointer,
+                                 data_iter, history, pending, last)
       pause += time.perf_counter() - t_pause
     if pending is not None:
       _check_finite(jax.device_get(pending), config, checkpointer)
     # ---------------------------------------------------------------- final save
-    if checkpointer.latest_step() != step:
-      checkpointer.save(step, state, data_iter, force=True)
-    if stopped == "bad_data":
-      checkpointer.wait()
-      reason = (str(data_error) if data_error is not None else
-                "another process exceeded data.max_bad_fraction (its log lists the files)")
-      raise pipeline.BadDataError(
-          f"stopped at step {step}, saved in {checkpointer.directory}; rerun to resume once the "
-          f"data is fixed. {reason}")
+    _final_save(checkpointer, step, state, data_iter, stopped, data_error)
   finally:
-    checkpointer.close()
-    writer.close()
+    _close_run(checkpointer, writer)
   last.update(step=step, stopped=stopped)
   return last
+
+
+def _open_run(config, workdir: str):
+  """``(data_iter, checkpointer, writer)`` of a run; process 0 writes ``workdir/config.json``."""
+  per_host = int(config.batch_size) // jax.process_count()
+  dataset = pipeline.make_dataset(config.data, batch_size=per_host, seed=int(config.seed),
+                                  shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.keep_checkpoints),
+                                       async_save=bool(config.async_checkpointing))
+  writer = log_lib.MetricWriter(workdir, int(config.total_steps))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return iter(dataset), checkpointer, writer
+
+
+def _restored_state(trainer: Trainer, checkpointer, writer, data_iter):
+  """The trainer's fresh state, or the newest checkpoint's that restores (damaged newer ones
+  are moved aside; the fresh state is freed first). A failure closes the run's writers."""
+  if not checkpointer.all_steps():
+    return trainer.state
+  target = state_lib.abstract_with_shardings(trainer.state, trainer.state_shardings)
+  trainer.state = None  # free the fresh state before the restored one arrives
+  try:
+    return checkpointer.restore_latest(target, data_iter)[1]
+  except ckpt_lib.CheckpointError:
+    _close_run(checkpointer, writer)
+    raise
+
+
+def _close_run(checkpointer, writer) -> None:
+  checkpointer.close()
+  writer.close()
+
+
+def _sample_and_save(config, step: int, state, frozen, sampler, checkpointer, data_iter,
+                     history: list[dict], pending, last: dict):
+  """After ``step``: the sample grid and the checkpoint when they are due. A checkpoint waits
+  for this step's metrics (appended to ``history``) and is skipped during a non-finite streak.
+  Returns the still-pending metrics (``None`` once read)."""
+  if sampler is not None and (step % int(config.sample_every) == 0
+                              or step == int(config.total_steps)):
+    sampler(state.ema_params, frozen, step)  # EMA weights, as eval and export
+  if int(config.checkpoint_every) and step % int(config.checkpoint_every) == 0:
+    if pending is not None:  # know this step's outcome before saving it
+      history.append(_check_finite(jax.device_get(pending), config, checkpointer))
+      pending = None
+    if streak_now(history, last) > 0:
+      logging.warning("step %d: not saving during a non-finite streak", step)
+    else:
+      checkpointer.save(step, state, data_iter)
+  return pending
+
+
+def _log_compiled(config, compiled: compilation.Compiled, flops: float | None) -> None:
+  logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
+               config.mode, compiled.compile_s, compiled.lower_s,
+               f"{flops / 1e9:.1f}" if flops else "?")
+
+
+def _window_scalars(config, history: list[dict], data_skipped: int, elapsed: float,
+                    window_steps: int, flops: float | None) -> dict:
+  """The logged scalars of one window of ``window_steps`` steps that took ``elapsed`` s:
+  mean metrics, counters, speed, and TFLOP/s and MFU where the FLOPs and peak are known."""
+  scalars = _mean_metrics(history)
+  scalars.update(skipped_total=history[-1]["skipped_total"],
+                 nonfinite_streak=history[-1]["nonfinite_streak"],
+                 data_skipped=data_skipped, step_time=elapsed / window_steps,
+                 steps_per_sec=window_steps / elapsed,
+                 examples_per_sec=window_steps * int(config.batch_size) / elapsed)
+  del scalars["skipped"]
+  peak = peak_flops(config)
+  if flops:
+    scalars["tflops_per_device"] = flops * window_steps / elapsed / 1e12
+    if peak:
+      scalars["mfu"] = flops * window_steps / elapsed / peak
+  return scalars
+
+
+def _final_save(checkpointer, step: int, state, data_iter, stopped: str, data_error) -> None:
+  """Saves ``step`` unless it is saved; a bad-data stop then raises :class:`BadDataError`."""
+  if checkpointer.latest_step() != step:
+    checkpointer.save(step, state, data_iter, force=True)
+  if stopped == "bad_data":
+    checkpointer.wait()
+    reason = (str(data_error) if data_error is not None else
+              "another process exceeded data.max_bad_fraction (its log lists the files)")
+    raise pipeline.BadDataError(
+        f"stopped at step {step}, saved in {checkpointer.directory}; rerun to resume once the "
+        f"data is fixed. {reason}")
 
 
 def streak_now(history: list[dict], last: dict) -> int:
