@@ -17,7 +17,7 @@ limits: ``PLAN``; the driver also keeps the whole run under ``--budget`` seconds
   (``benchmarks/sampler.py``'s ``torch_bld``), eager and ``torch.compile``d.
 
 Every part reports phase times (set-up, compile, steady state), img/s, MFU (analytic FLOP count,
-:mod:`seamless_jax.train.flops`, for both frameworks' identical work) and peak memory; the driver
+:mod:`seamless_jax.runtime.flops`, for both frameworks' identical work) and peak memory; the driver
 prints Markdown rows for docs/benchmarks.md. Weights are random: the JAX models get host-side
 random parameters of the real shapes, which takes the same path as pretrained weights loaded from
 a diffusers folder (no random-init program to compile).
@@ -84,7 +84,7 @@ def host_random_params(module, seed: int = 0):
 def part_jax_step(size: dict, arg: str, cache_dir: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
+  from seamless_jax import build as models_lib  # pylint: disable=import-outside-toplevel
   batch_size = size["step_batches"][int(arg[1])]
   build_random = train_step.random_models(size["model"])
 
@@ -109,8 +109,8 @@ def part_jax_step(size: dict, arg: str, cache_dir: str) -> None:
 
 
 def _device_peak_flops(device_name: str) -> float | None:
-  """Dense bf16 peak of a device by name (the chip table of seamless_jax.train.hardware)."""
-  from seamless_jax.train import hardware  # pylint: disable=import-outside-toplevel
+  """Dense bf16 peak of a device by name (the chip table of seamless_jax.runtime.hardware)."""
+  from seamless_jax.runtime import hardware  # pylint: disable=import-outside-toplevel
   return hardware.peak_flops(device_name)
 
 
@@ -149,8 +149,8 @@ def part_jax_sampler(size: dict, arg: str, cache_dir: str) -> None:
   from seamless_jax.diffusion import schedule as sched  # pylint: disable=import-outside-toplevel
   from seamless_jax.diffusion.sampler import make_bld_sampler  # pylint: disable=import-outside-toplevel
   from seamless_jax.models import UNet2DConditionModel  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import compilation  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
+  from seamless_jax.runtime import compilation  # pylint: disable=import-outside-toplevel
+  from seamless_jax import build as models_lib  # pylint: disable=import-outside-toplevel
   compilation.enable_cache(cache_dir)
   t0 = time.perf_counter()
   config = _unet_config(size)

@@ -24,8 +24,8 @@ def measure(impl: str, level: str) -> dict:
   """CPU seconds of lowering / compiling / running the tiny random init (this process)."""
   import jax  # pylint: disable=import-outside-toplevel
   from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel, presets  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import compilation  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
+  from seamless_jax.runtime import compilation  # pylint: disable=import-outside-toplevel
+  from seamless_jax import build as models_lib  # pylint: disable=import-outside-toplevel
   modules = (UNet2DConditionModel.from_config(presets.TINY_UNET),
              AutoencoderKL.from_config(presets.TINY_VAE),
              CLIPTextModel.from_config(models_lib.tiny_text_config(1000)))

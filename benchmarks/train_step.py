@@ -8,7 +8,7 @@ Same batch (random images/masks/ids), same model sizes with random weights, same
 frozen VAE encode of image and masked image, frozen text encoder, UNet twice (two-step loss with
 blending), backward, clipping, AdamW (the JAX step also keeps an EMA). Prints phase times of the
 JAX side (set-up, lowering, compile), steps/s of both (median over ``--repeats`` timed windows),
-their ratio and the JAX MFU by the analytic FLOP count (:mod:`seamless_jax.train.flops`).
+their ratio and the JAX MFU by the analytic FLOP count (:mod:`seamless_jax.runtime.flops`).
 
 The JAX side is built exactly as training builds it (``loop.setup`` + ``loop.compile_step``);
 ``benchmarks/gpu_suite.py`` imports :func:`jax_step_benchmark` and :func:`torch_step_benchmark`.
@@ -34,8 +34,8 @@ import tiny  # pylint: disable=wrong-import-position
 from seamless_jax.data import transforms  # pylint: disable=wrong-import-position
 from seamless_jax.models import presets  # pylint: disable=wrong-import-position
 from seamless_jax.train import loop  # pylint: disable=wrong-import-position
-from seamless_jax.train import models as models_lib  # pylint: disable=wrong-import-position
-from seamless_jax.train import sharding as shd  # pylint: disable=wrong-import-position
+from seamless_jax import build as models_lib  # pylint: disable=wrong-import-position
+from seamless_jax.runtime import sharding as shd  # pylint: disable=wrong-import-position
 
 # UNet, VAE, text configs per --model. 'small' is SD-1.5's UNet at 1/5 of the width (35M params)
 # with the real-size frozen VAE and text encoder: big enough not to be dispatch-bound, small

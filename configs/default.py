@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.attention = ""               # '' (per call: cuDNN flash on GPU / Pallas flash on TPU where
                                  # they apply, XLA elsewhere) | 'xla' | 'cudnn' | 'pallas'
                                  # (seamless_jax/models/attention.py)
-  # --- compilation (seamless_jax/train/compilation.py)
+  # --- compilation (seamless_jax/runtime/compilation.py)
   c.compilation_cache_dir = ""   # persistent XLA cache; '' = WORKDIR/xla_cache, 'none' = off
   c.compilation_cache_min_secs = 1.0  # only programs that took this long to compile are cached
   # --- optimisation

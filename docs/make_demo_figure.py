@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from seamless_jax import inpaint
-from seamless_jax.eval import metrics
+from seamless_jax import metrics
 
 GREY = np.array([128, 128, 128], np.uint8)
 

@@ -10,12 +10,12 @@ The step is the one ``seamless_jax.main`` trains: the same config (every ``--con
 override), mesh, shardings, attention kernels and compile options, built from shapes alone (no
 weights, no data; ``config.pretrained``'s ``config.json`` files are read when it is a folder,
 the SD-1.5 presets otherwise). The target's devices are compile-only devices
-(:mod:`seamless_jax.train.hardware`), multi-host slices included (a v5e-256 is 64 hosts).
+(:mod:`seamless_jax.runtime.hardware`), multi-host slices included (a v5e-256 is 64 hosts).
 
 It prints one table: per-device bytes of params, optimizer state, EMA, frozen params, batch and
 XLA's temporaries, the peak against the device's HBM, whether it **fits** (on TPU XLA refuses a
 program over the limit: its figure is quoted), lowering and compile time, this process's peak
-host RAM, FLOPs per step (the analytic count of :mod:`seamless_jax.train.flops` and XLA's where
+host RAM, FLOPs per step (the analytic count of :mod:`seamless_jax.runtime.flops` and XLA's where
 it gives one) and the images/s that 40 % MFU would give.
 
 Exit status: 0 fits; 2 does not fit (the message lists settings to try); 1 an error in the
@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 # Before JAX loads: compute stays on this machine's CPU (the CUDA plugin then registers without
-# looking for a driver; libtpu's settings are in seamless_jax.train.hardware.LIBTPU_ENV).
+# looking for a driver; libtpu's settings are in seamless_jax.runtime.hardware.LIBTPU_ENV).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from seamless_jax import console  # pylint: disable=wrong-import-position
@@ -54,12 +54,12 @@ from ml_collections import config_flags
 from seamless_jax import convert
 from seamless_jax import inpaint
 from seamless_jax.models import attention
-from seamless_jax.train import compilation
+from seamless_jax.runtime import compilation
 from seamless_jax.train import config_check
-from seamless_jax.train import hardware
+from seamless_jax.runtime import hardware
 from seamless_jax.train import loop
-from seamless_jax.train import models as models_lib
-from seamless_jax.train import sharding as shd
+from seamless_jax import build as models_lib
+from seamless_jax.runtime import sharding as shd
 
 FLAGS = flags.FLAGS
 

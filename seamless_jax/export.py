@@ -39,7 +39,7 @@ from typing import Callable
 
 from seamless_jax import convert
 from seamless_jax import loading
-from seamless_jax.train import hardware
+from seamless_jax.runtime import hardware
 
 # File kinds copied from a base model's part folder; everything else (pickles, ONNX, Flax
 # msgpack) is left behind: the export is safetensors-only.

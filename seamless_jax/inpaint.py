@@ -77,7 +77,7 @@ from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import sampler
 from seamless_jax.diffusion import schedule as schedule_lib
-from seamless_jax.train import hardware
+from seamless_jax.runtime import hardware
 
 DEFAULT_PROMPT = "scenery"
 OUTPAINT_FILLS = ("edge", "reflect", "mean", "black")

@@ -34,7 +34,7 @@ from absl import logging as absl_logging
 
 from seamless_jax import convert
 from seamless_jax.data.tokenizer import CLIPTokenizer
-from seamless_jax.train import models as models_lib
+from seamless_jax import build as models_lib
 from seamless_jax.train import state as state_lib
 
 VAE_DECODER_PARTS = state_lib.VAE_DECODER_PARTS
@@ -132,7 +132,7 @@ class WorkdirModel:
     ``{'vae', 'logvar', 'disc'}`` for vae_finetune.
   frozen: ``{'vae', 'text'}`` (two_step/standard) or ``{'vae'}`` (vae_finetune, the untrained
     VAE parts), as training used them.
-  models: the Flax modules (:class:`seamless_jax.train.models.Models`).
+  models: the Flax modules (:class:`seamless_jax.build.Models`).
   tokenizer: the CLIP tokenizer training used.
   """
   workdir: str

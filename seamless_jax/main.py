@@ -37,8 +37,8 @@ from ml_collections import config_flags
 from seamless_jax.data import pipeline
 from seamless_jax.train import checkpoint
 from seamless_jax.train import config_check
-from seamless_jax.train import hardware
-from seamless_jax.train import logging as log_lib
+from seamless_jax.runtime import hardware
+from seamless_jax.train import metric_writer as log_lib
 from seamless_jax.train import loop
 
 FLAGS = flags.FLAGS

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seamless_jax import aot
 from seamless_jax.models import attention
-from seamless_jax.train import hardware
+from seamless_jax.runtime import hardware
 
 import tiny as testing
 

@@ -11,7 +11,8 @@ import skimage.transform
 from PIL import Image
 
 from seamless_jax import inpaint
-from seamless_jax.eval import brushbench, metrics
+from seamless_jax import metrics
+from seamless_jax.eval import brushbench
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""Analytic FLOP count (seamless_jax.train.flops) vs torch's FlopCounterMode on diffusers models.
+"""Analytic FLOP count (seamless_jax.runtime.flops) vs torch's FlopCounterMode on diffusers models.
 
 Both sides only trace: JAX abstract-evaluates the Flax module (ShapeDtypeStructs), PyTorch runs
 the diffusers module on the ``meta`` device, so even SD-1.5 at 512² costs no compute. diffusers
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from seamless_jax.models import AutoencoderKL, UNet2DConditionModel, presets
-from seamless_jax.train import flops as flops_lib
+from seamless_jax.runtime import flops as flops_lib
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

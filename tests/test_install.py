@@ -12,7 +12,7 @@ TORCH_STACK = ("torch", "torchvision", "diffusers", "transformers", "lpips", "py
 TORCH_FREE_MODULES = ("seamless_jax.main", "seamless_jax.train.loop", "seamless_jax.inpaint",
                       "seamless_jax.loading", "seamless_jax.export", "seamless_jax.convert",
                       "seamless_jax.data.prepare", "seamless_jax.data.demo",
-                      "seamless_jax.eval.metrics", "seamless_jax.diffusion.sampler",
+                      "seamless_jax.metrics", "seamless_jax.diffusion.sampler",
                       "seamless_jax.aot")
 
 

@@ -10,7 +10,7 @@ from seamless_jax import convert
 from seamless_jax import loading
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import loop
-from seamless_jax.train import models as models_lib
+from seamless_jax import build as models_lib
 import tiny as testing
 
 from helpers import assert_same_params

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from seamless_jax.eval import metrics
+from seamless_jax import metrics
 
 
 def _halves(h=8, w=8, left=(255, 0, 0), right=(0, 0, 255)):

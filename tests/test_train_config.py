@@ -4,7 +4,7 @@ import pytest
 
 from configs import default, standard, two_step, vae_finetune
 from seamless_jax.train import config_check
-from seamless_jax.train import models as models_lib
+from seamless_jax import build as models_lib
 
 
 @pytest.mark.parametrize("module", [two_step, standard, vae_finetune])

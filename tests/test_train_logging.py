@@ -4,7 +4,7 @@ import logging
 
 from absl import logging as absl_logging
 
-from seamless_jax.train import logging as log_lib
+from seamless_jax.train import metric_writer as log_lib
 
 
 def test_step_line_shows_data_skipped_only_when_nonzero():

@@ -15,7 +15,7 @@ from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionMod
 from seamless_jax.data import pipeline
 import tiny
 from seamless_jax.train import loop
-from seamless_jax.train import sharding as shd
+from seamless_jax.runtime import sharding as shd
 
 
 def _random_params(module, seed):

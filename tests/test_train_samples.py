@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from seamless_jax.data import masks as masks_lib
-from seamless_jax.eval import metrics
+from seamless_jax import metrics
 from seamless_jax.train import loop
 import tiny as testing
 

@@ -25,7 +25,7 @@ def _run_checks(data_dir: str, ckpt_dir: str) -> dict:
   from seamless_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   import tiny  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import sharding as shd  # pylint: disable=import-outside-toplevel
+  from seamless_jax.runtime import sharding as shd  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == 8, jax.devices()

@@ -8,7 +8,7 @@ import pytest
 
 from seamless_jax.data import pipeline
 from seamless_jax.train import loop
-from seamless_jax.train import sharding as shd
+from seamless_jax.runtime import sharding as shd
 from seamless_jax.train import steps as steps_lib
 import tiny
 

@@ -1,6 +1,6 @@
-"""Evaluation: seam and preservation metrics, FID, Aesthetic Score, the BrushBench runner.
+"""Evaluation: FID, Aesthetic Score and the BrushBench runner (above inference).
 
-``metrics`` is NumPy-only (training imports it). ``fid`` and ``aesthetic`` import torch /
-transformers lazily inside their functions (install the ``eval`` extra). Import submodules by
-full path, e.g. ``from seamless_jax.eval import metrics``.
+The seam and kept-region metrics they report live in :mod:`seamless_jax.metrics`, a leaf that
+training uses too. ``fid`` and ``aesthetic`` import torch / transformers lazily inside their
+functions (install the ``eval`` extra). Import submodules by full path.
 """

@@ -24,7 +24,7 @@ skipped), ``per_image.csv`` (CD, excess CD, kept-region PSNR, aesthetic score pe
 task), ``results.csv`` and ``results.md`` (the paper's table: FID / AS / CD per task, plus
 excess CD and kept-region PSNR), ``contact_sheet.png``.
 
-Metrics: CD, excess CD, PSNR from :mod:`seamless_jax.eval.metrics` with ``keep`` = not
+Metrics: CD, excess CD, PSNR from :mod:`seamless_jax.metrics` with ``keep`` = not
 generated; FID (:mod:`seamless_jax.eval.fid`) between a task's outputs and the benchmark's
 source images; AS (:mod:`seamless_jax.eval.aesthetic`) mean over the outputs. FID and AS need
 their weight files and are left empty without them. An output whose size differs from its
@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from seamless_jax.eval import metrics
+from seamless_jax import metrics
 
 TASKS = ("inpaint", "outpaint")
 MASK_KEYS = {"inpaint": "inpainting_mask", "outpaint": "outpainting_mask"}

@@ -143,7 +143,7 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
   from seamless_jax import convert  # pylint: disable=import-outside-toplevel
   from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
   from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import models as models_lib  # pylint: disable=import-outside-toplevel
+  from seamless_jax import build as models_lib  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.init, "model_index.json")):
     return
   tokenizer = CLIPTokenizer.from_folder(paths.tokenizer())

@@ -134,7 +134,7 @@ def seam_step(image: np.ndarray, keep: np.ndarray) -> float:
 def case_metrics(output: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> dict:
   """CD, excess CD, seam step and kept-region PSNR of one output (uint8 (H, W, 3)) for
   ``keep`` (H, W)."""
-  from seamless_jax.eval import metrics  # pylint: disable=import-outside-toplevel
+  from seamless_jax import metrics  # pylint: disable=import-outside-toplevel
   cd = metrics.color_distance(output, keep)
   cd_truth = metrics.color_distance(truth, keep)
   return {"cd": cd, "excess_cd": cd - cd_truth, "cd_truth": cd_truth,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from seamless_jax.models.layers import REMAT_POLICIES
-from seamless_jax.train import models as models_lib
+from seamless_jax import build as models_lib
 
 MODES = ("vae_finetune", "two_step", "standard")
 CHOICES = {

@@ -31,14 +31,14 @@ from seamless_jax.data import pipeline
 from seamless_jax.data import transforms
 from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.diffusion import schedule as schedule_lib
-from seamless_jax.eval import metrics as metrics_lib
+from seamless_jax import metrics as metrics_lib
 from seamless_jax.train import checkpoint as ckpt_lib
-from seamless_jax.train import compilation
+from seamless_jax.runtime import compilation
 from seamless_jax.train import config_check
-from seamless_jax.train import hardware
-from seamless_jax.train import logging as log_lib
-from seamless_jax.train import models as models_lib
-from seamless_jax.train import sharding as shd
+from seamless_jax.runtime import hardware
+from seamless_jax.train import metric_writer as log_lib
+from seamless_jax import build as models_lib
+from seamless_jax.runtime import sharding as shd
 from seamless_jax.train import state as state_lib
 from seamless_jax.train import steps as steps_lib
 
@@ -48,7 +48,7 @@ class NonFiniteError(RuntimeError):
 
 def peak_flops(config) -> float | None:
   """Peak FLOP/s of one device for MFU: ``config.peak_flops_per_device``, else the chip table
-  of :mod:`seamless_jax.train.hardware` (``None`` for unknown devices, e.g. CPUs)."""
+  of :mod:`seamless_jax.runtime.hardware` (``None`` for unknown devices, e.g. CPUs)."""
   if config.peak_flops_per_device:
     return float(config.peak_flops_per_device)
   return hardware.peak_flops(jax.devices()[0].device_kind)
@@ -56,7 +56,7 @@ def peak_flops(config) -> float | None:
 
 def compiled_flops(compiled: compilation.Compiled, num_devices: int) -> float | None:
   """FLOPs of one call of an AOT-compiled step per device, by the analytic jaxpr count
-  (:mod:`seamless_jax.train.flops`: convolutions and attention kernels included on every
+  (:mod:`seamless_jax.runtime.flops`: convolutions and attention kernels included on every
   backend, unlike XLA's cost analysis on GPU)."""
   if not compiled.flops:
     return None
@@ -208,7 +208,7 @@ class Sampler:
 
   * ``workdir/samples/step_<n>.png`` and the TensorBoard image ``samples/grid``: one row per
     example, image | masked image | result | result with the mask border drawn in red;
-  * seam quality (:mod:`seamless_jax.eval.metrics`) to ``metrics.jsonl`` and TensorBoard:
+  * seam quality (:mod:`seamless_jax.metrics`) to ``metrics.jsonl`` and TensorBoard:
     ``seam/cd_<kind>`` (the paper's Color Distance on the mask border, 0–255 RGB) and
     ``seam/excess_cd_<kind>`` (CD of the result − CD of the real image on the same border;
     0 = as smooth as the photo), ``kind`` = inpaint / outpaint.

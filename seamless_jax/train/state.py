@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from seamless_jax.models.discriminator import NLayerDiscriminator
-from seamless_jax.train import compilation
-from seamless_jax.train import sharding as shd
+from seamless_jax.runtime import compilation
+from seamless_jax.runtime import sharding as shd
 
 VAE_DECODER_PARTS = ("decoder", "post_quant_conv")
 

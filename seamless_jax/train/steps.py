@@ -35,7 +35,7 @@ from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import losses
 from seamless_jax.models import attention
 from seamless_jax.models import layers
-from seamless_jax.train import sharding as shd
+from seamless_jax.runtime import sharding as shd
 from seamless_jax.train import state as state_lib
 
 Batch = dict[str, jax.Array]

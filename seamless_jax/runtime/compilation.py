@@ -5,7 +5,7 @@
   from disk instead of compiling them again.
 * :func:`aot_compile` is the one place that lowers and compiles a jitted function for given
   (abstract) arguments, timing both phases and counting its FLOPs by
-  :mod:`seamless_jax.train.flops`; the training loop and the benchmarks both use it.
+  :mod:`seamless_jax.runtime.flops`; the training loop and the benchmarks both use it.
 * :func:`run_once_options`: compiler options for programs that run once (the random init),
   which XLA then compiles in less than half the time.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from seamless_jax.train import flops as flops_lib
+from seamless_jax.runtime import flops as flops_lib
 
 CACHE_SUBDIR = "xla_cache"
 # LLVM's -O0 for the CPU and GPU backends. A random init is ~one threefry + truncated-normal
