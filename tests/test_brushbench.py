@@ -12,36 +12,27 @@ from PIL import Image
 
 from seamless_jax import inpaint
 from seamless_jax import metrics
+from seamless_jax.data import masks as masks_lib
 from seamless_jax.eval import brushbench
 
 SIZE = 64
 
 
-def test_rle_matches_brushnet_convention_by_hand():
-  # 1-based starts, (start, length) pairs over the row-major flattened mask
-  mask = brushbench.rle_to_mask([2, 3, 7, 1], (2, 4))
-  np.testing.assert_array_equal(mask, [[0, 1, 1, 1], [0, 0, 1, 0]])
-  assert brushbench.mask_to_rle(mask) == [2, 3, 7, 1]
-  rng = np.random.default_rng(0)
-  random_mask = rng.random((7, 5)) > 0.5
-  np.testing.assert_array_equal(
-      brushbench.rle_to_mask(brushbench.mask_to_rle(random_mask), (7, 5)), random_mask)
-  with pytest.raises(ValueError, match="outside a 2x4 mask"):
-    brushbench.rle_to_mask([7, 3], (2, 4))
-  with pytest.raises(ValueError, match="pairs"):
-    brushbench.rle_to_mask([1, 2, 3], (2, 4))
+def _rle(mask):
+  """bool (H, W) -> BrushBench RLE (1-based (start, length) pairs, row-major), pixel by pixel."""
+  runs = []
+  for flat, value in enumerate(np.asarray(mask, bool).ravel()):
+    if value and runs and runs[-2] + runs[-1] == flat + 1:
+      runs[-1] += 1
+    elif value:
+      runs += [flat + 1, 1]
+  return runs
 
 
-def test_inpaint_mask_is_dilated_convex_hull():
-  mask = np.zeros((32, 32), bool)
-  mask[4:8, 4:8] = True
-  mask[20:24, 20:24] = True  # two blobs: the hull fills the diagonal between them
-  hull = brushbench.hull_dilated(mask, 0)
-  assert hull[12, 12] and not hull[4, 20] and hull[mask].all()
-  grown = brushbench.hull_dilated(mask, 2)
-  ys, xs = np.nonzero(grown)
-  assert (ys.min(), ys.max(), xs.min(), xs.max()) == (2, 25, 2, 25)
-  assert grown[hull].all() and grown.sum() > hull.sum()
+def test_rle_helper_is_brushbench_format():
+  assert _rle(np.asarray([[0, 1, 1, 1], [0, 0, 1, 0]])) == [2, 3, 7, 1]
+  random_mask = np.random.default_rng(0).random((7, 5)) > 0.5
+  np.testing.assert_array_equal(masks_lib.rle_decode(_rle(random_mask), (7, 5)), random_mask)
 
 
 def _photos():
@@ -66,8 +57,8 @@ def bench(tmp_path):
     frame = np.ones((SIZE, SIZE), bool)
     frame[12:52, 12 + i:52] = False
     mapping[f"key{i}"] = {"image": name, "caption": f"a photo number {i}",
-                          "inpainting_mask": brushbench.mask_to_rle(seg),
-                          "outpainting_mask": brushbench.mask_to_rle(frame)}
+                          "inpainting_mask": _rle(seg),
+                          "outpainting_mask": _rle(frame)}
   (root / "mapping_file.json").write_text(json.dumps(mapping))
   return str(root)
 
@@ -118,10 +109,10 @@ def test_score_a_folder_writes_the_table(bench, tmp_path):
   mean_cd = np.mean([float(r["cd"]) for r in per_image if r["task"] == "inpaint"])
   assert float(summary["inpaint"]["cd"]) == pytest.approx(mean_cd)
   # the inpaint masks on disk are the dilated convex hulls of the benchmark's RLE masks
-  seg = brushbench.rle_to_mask(json.load(open(os.path.join(bench, "mapping_file.json")))
-                               ["key0"]["inpainting_mask"], (SIZE, SIZE))
+  seg = masks_lib.rle_decode(json.load(open(os.path.join(bench, "mapping_file.json")))
+                         ["key0"]["inpainting_mask"], (SIZE, SIZE))
   np.testing.assert_array_equal(brushbench.load_mask(out, "inpaint", entries[0]),
-                                brushbench.hull_dilated(seg, 3))
+                                masks_lib.benchmark_hole(seg, 3))
   sheet = np.asarray(Image.open(os.path.join(out, "contact_sheet.png")))
   assert sheet.shape == (4 * 128, 5 * 128, 3)
 

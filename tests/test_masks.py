@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import spatial
 
 from seamless_jax.data import masks as M
 
@@ -93,34 +94,74 @@ def test_masks_are_deterministic_in_the_seed():
   assert any((a[0] != x).any() for x in a[1:])
 
 
-def test_convex_hull_contains_mask_and_fills_concavities():
+def _hull_by_half_planes(mask):
+  """Independent hull: pixel centres inside every facet of scipy's hull of the pixel edge midpoints."""
+  ys, xs = np.nonzero(mask)
+  points = np.concatenate([np.stack([ys + dy, xs + dx], 1)
+                           for dy, dx in ((0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5))])
+  facets = spatial.ConvexHull(points).equations  # normal . p + offset <= 0 inside
+  yy, xx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+  centres = np.stack([yy.ravel(), xx.ravel()], 1)
+  return (centres @ facets[:, :2].T + facets[:, 2] <= 1e-9).all(1).reshape(mask.shape)
+
+
+def test_convex_hull_matches_an_independent_hull():
+  diagonal = np.zeros((3, 3), bool)
+  diagonal[0, 0] = diagonal[2, 2] = True
+  np.testing.assert_array_equal(M.convex_hull_mask(diagonal), np.eye(3, dtype=bool))
+  assert not M.convex_hull_mask(np.zeros((5, 5), bool)).any()
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    blob = rng.uniform(size=(40, 33)) > 0.97
+    blob[rng.integers(40), rng.integers(33)] = True
+    hull = M.convex_hull_mask(blob)
+    assert (hull >= blob).all()
+    np.testing.assert_array_equal(hull, _hull_by_half_planes(blob))
+
+
+def test_benchmark_hole_is_the_square_dilated_hull():
   seg = np.zeros((64, 64), bool)
   seg[10:20, 10:20] = True
   seg[40:50, 40:50] = True  # two squares: the hull joins them along the diagonal
   hull = M.convex_hull_mask(seg)
-  assert (hull >= seg).all()
   assert hull[30, 30] and not hull[10, 50] and not hull[50, 10]
   hole = M.benchmark_hole(seg, dilate_px=4)
   assert (hole >= hull).all() and hole[6, 15] and not hole[5, 15]  # 4 px, not 5
-  assert hole.sum() > hull.sum()
-  keep = M.benchmark_keep(seg, 4)
-  assert keep.shape == (64, 64, 1) and (keep[..., 0] == ~hole).all()
-  # random shapes: containment always holds
-  rng = np.random.default_rng(0)
-  for _ in range(5):
-    blob = rng.uniform(size=(40, 40)) > 0.97
-    assert (M.convex_hull_mask(blob) >= blob).all()
+  assert hole[6, 6] and not hole[5, 5]  # square element: corners grow diagonally too
+  ys, xs = np.nonzero(hull)
+  chebyshev = np.abs(np.mgrid[:64, :64][:, :, :, None] - np.stack([ys, xs])[:, None, None]).max(0)
+  np.testing.assert_array_equal(hole, chebyshev.min(-1) <= 4)
+  np.testing.assert_array_equal(M.benchmark_hole(seg, 0), hull)
 
 
-def test_rle_roundtrip_and_format():
+def _rle_by_hand(runs, shape):
+  """Independent decoder: pixel by pixel, 1-based (start, length) pairs, row-major."""
+  mask = np.zeros(shape, bool)
+  for start, length in runs:
+    for flat in range(start - 1, start - 1 + length):
+      mask[flat // shape[1], flat % shape[1]] = True
+  return mask
+
+
+def test_rle_decode_follows_brushbench_format():
   mask = np.zeros((4, 5), bool)
   mask[0, 1:3] = True  # flat 1, 2 -> start 2 (1-based), length 2
   mask[2, 4] = mask[3, 0] = True  # flat 14, 15 -> start 15, length 2 (row-major)
-  assert M.rle_encode(mask) == [2, 2, 15, 2]
   np.testing.assert_array_equal(M.rle_decode([2, 2, 15, 2], (4, 5)), mask)
   np.testing.assert_array_equal(M.rle_decode("2 2 15 2", (4, 5)), mask)
-  rand = np.random.default_rng(0).uniform(size=(32, 32)) > 0.5
-  np.testing.assert_array_equal(M.rle_decode(M.rle_encode(rand), (32, 32)), rand)
+  np.testing.assert_array_equal(M.rle_decode(np.asarray([2, 2, 15, 2]), (4, 5)), mask)
+  np.testing.assert_array_equal(M.rle_decode([2, 3, 7, 1], (2, 4)),
+                                [[0, 1, 1, 1], [0, 0, 1, 0]])
+  assert not M.rle_decode([], (3, 3)).any()
+  rng = np.random.default_rng(0)
+  starts = np.sort(rng.choice(np.arange(1, 35 * 7, 7), size=12, replace=False))
+  runs = [(int(s), int(rng.integers(1, 7))) for s in starts]
+  np.testing.assert_array_equal(M.rle_decode([v for run in runs for v in run], (35, 7)),
+                                _rle_by_hand(runs, (35, 7)))
+  with pytest.raises(ValueError, match="outside a 2x4 mask"):
+    M.rle_decode([7, 3], (2, 4))
+  with pytest.raises(ValueError, match="pairs"):
+    M.rle_decode([1, 2, 3], (2, 4))
 
 
 def test_mask_file_convention():

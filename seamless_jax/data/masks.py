@@ -10,8 +10,8 @@ Training masks (Sec. 4.1 of the paper):
     dilated by ``margin`` px, are never part of the hole.
   * outpaint: keep a central rectangle ("retaining only the central portion"); by default the
     hole is a border on all four sides, ``outpaint_sides=(1, 4)`` draws 1-4 random sides.
-Benchmark masks (Sec. 4.1, BrushBench change): convex hull of the segmentation mask dilated by N
-px; BrushBench's run-length format is decoded/encoded by ``rle_decode`` / ``rle_encode``.
+Benchmark masks (Sec. 4.1, BrushBench change): ``benchmark_hole``, the convex hull of the
+segmentation mask dilated by N px; BrushBench's run-length format is decoded by ``rle_decode``.
 All sampling takes an explicit ``np.random.Generator``.
 """
 
@@ -218,87 +218,50 @@ def outpaint_hole(
 
 # ------------------------------------------------------------------------------ benchmark masks
 
-def _convex_hull(points: np.ndarray) -> np.ndarray:
-  """Andrew's monotone chain; points (N, 2) -> hull vertices (M, 2), counter-clockwise."""
-  pts = sorted(set(map(tuple, points.tolist())))
-  if len(pts) <= 2:
-    return np.asarray(pts, np.float64)
-
-  def cross(o, a, b):
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-  def half(seq):
-    chain = []
-    for p in seq:
-      while len(chain) >= 2 and cross(chain[-2], chain[-1], p) <= 0:
-        chain.pop()
-      chain.append(p)
-    return chain
-
-  lower, upper = half(pts), half(reversed(pts))
-  return np.asarray(lower[:-1] + upper[:-1], np.float64)
-
-
 def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
-  """Filled convex hull of a boolean (H, W) mask (pixel centres); always contains ``mask``."""
+  """Filled convex hull of a boolean (H, W) mask -> bool (H, W); always contains ``mask``.
+
+  ``skimage.morphology.convex_hull_image``: the hull of the mask pixels' edge midpoints, a pixel
+  is inside when its centre is. An empty mask gives an empty hull.
+  """
+  from skimage.morphology import convex_hull_image  # pylint: disable=g-import-not-at-top
   mask = np.asarray(mask, bool)
   if not mask.any():
     return mask.copy()
-  rows = np.nonzero(mask.any(axis=1))[0]
-  left = mask[rows].argmax(axis=1)
-  right = mask.shape[1] - 1 - mask[rows][:, ::-1].argmax(axis=1)
-  points = np.concatenate([np.stack([left, rows], 1), np.stack([right, rows], 1)])  # (x, y)
-  hull = _convex_hull(points)
-  filled = mask.copy()
-  if len(hull) <= 2:
-    if len(hull) == 2:
-      draw_img = Image.fromarray(filled.astype(np.uint8) * 255)
-      ImageDraw.Draw(draw_img).line([tuple(hull[0]), tuple(hull[1])], fill=255, width=1)
-      filled |= np.asarray(draw_img) > 0
-    return filled
-  y0, x0 = rows.min(), left.min()
-  y1, x1 = rows.max(), right.max()
-  yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(np.float64)
-  inside = np.ones(yy.shape, bool)
-  for (ax, ay), (bx, by) in zip(hull, np.roll(hull, -1, axis=0)):
-    inside &= (bx - ax) * (yy - ay) - (by - ay) * (xx - ax) >= -1e-9  # left of every edge
-  filled[y0:y1 + 1, x0:x1 + 1] |= inside
-  return filled
+  return convex_hull_image(mask)
 
 
 def benchmark_hole(segmentation: np.ndarray, dilate_px: int = 10) -> np.ndarray:
-  """The paper's BrushBench inpaint hole: convex hull of the segmentation, dilated; bool (H, W)."""
-  return dilate(convex_hull_mask(segmentation), dilate_px)
+  """The paper's BrushBench inpaint hole: bool (H, W), True = region to generate.
 
-
-def benchmark_keep(segmentation: np.ndarray, dilate_px: int = 10) -> np.ndarray:
-  """``keep`` (H, W, 1) float32 for ``benchmark_hole``."""
-  return _as_keep(benchmark_hole(segmentation, dilate_px))
+  The convex hull of ``segmentation`` (bool (H, W)) "slightly expanded": dilated by ``dilate_px``
+  pixels with a square element (Chebyshev distance; ``dilate`` uses a disk).
+  """
+  from skimage.morphology import dilation  # pylint: disable=g-import-not-at-top
+  hull = convex_hull_mask(segmentation)
+  if dilate_px <= 0 or not hull.any():
+    return hull
+  return dilation(hull, np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), bool))
 
 
 def rle_decode(rle: str | Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-  """BrushBench run-length mask -> bool (H, W), True = region to inpaint.
+  """BrushBench run-length mask -> bool (H, W), True = region to generate.
 
-  Format (BrushBench ``mapping_file.json``): flat ``[start_1, length_1, start_2, ...]`` over the
-  row-major flattened (H, W) image with 1-based starts; a space-separated string also works.
+  Format (BrushBench ``mapping_file.json``, BrushNet's ``rle2mask``): flat ``[start_1, length_1,
+  start_2, ...]`` over the row-major flattened (H, W) image with 1-based starts; a
+  space-separated string of the same numbers also works. Raises ``ValueError`` for an odd count
+  or runs outside the image.
   """
   values = np.asarray(rle.split() if isinstance(rle, str) else rle, dtype=np.int64)
-  if values.size % 2:
-    raise ValueError("run-length data must hold (start, length) pairs")
+  if values.ndim != 1 or values.size % 2:
+    raise ValueError(f"RLE must be a flat list of (start, length) pairs, got {values.size} values")
+  starts, lengths = values[0::2] - 1, values[1::2]
   flat = np.zeros(shape[0] * shape[1], bool)
-  for start, length in zip(values[0::2] - 1, values[1::2]):
+  if values.size and (starts.min() < 0 or (starts + lengths).max() > flat.size):
+    raise ValueError(f"RLE runs fall outside a {shape[0]}x{shape[1]} mask")
+  for start, length in zip(starts, lengths):
     flat[start:start + length] = True
   return flat.reshape(shape)
-
-
-def rle_encode(mask: np.ndarray) -> list[int]:
-  """Inverse of ``rle_decode``: bool (H, W) -> ``[start_1, length_1, ...]`` (1-based starts)."""
-  flat = np.concatenate([[False], np.asarray(mask, bool).ravel(), [False]])
-  edges = np.nonzero(flat[1:] != flat[:-1])[0]
-  starts, ends = edges[0::2], edges[1::2]
-  out = np.empty(2 * len(starts), np.int64)
-  out[0::2], out[1::2] = starts + 1, ends - starts
-  return out.tolist()
 
 
 # ------------------------------------------------------------------------------ mixture

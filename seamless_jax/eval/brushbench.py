@@ -11,13 +11,15 @@
 Benchmark layout (BrushNet's BrushBench): ``BENCH/mapping_file.json`` maps a key to
 ``{"image": "images/<file>", "caption": ..., "inpainting_mask": RLE, "outpainting_mask": RLE}``,
 the image path relative to ``BENCH``. RLE (BrushNet's ``rle2mask``): a flat list of
-``start, length`` pairs, starts 1-based, over the row-major flattened (H, W) mask; 1 = generate.
+``start, length`` pairs, starts 1-based, over the row-major flattened (H, W) mask; 1 = generate
+(decoded by :func:`seamless_jax.data.masks.rle_decode`).
 
 Masks. Outpaint: ``outpainting_mask`` as given. Inpaint (paper Sec. 4): the segmentation mask is
 replaced by its convex hull (``skimage.morphology.convex_hull_image`` of all mask pixels),
 "slightly expanded": dilated by ``--hull-dilation`` pixels (square element; the paper gives no
-number, default 10 px on BrushBench's 512² images). The masks used are written to
-``OUT/masks/<task>/<stem>.png`` (white = generate) so other methods can be run on exactly them.
+number, default 10 px on BrushBench's 512² images); :func:`seamless_jax.data.masks.benchmark_hole`.
+The masks used are written to ``OUT/masks/<task>/<stem>.png`` (white = generate) so other
+methods can be run on exactly them.
 
 Outputs in ``OUT``: generated images ``<task>/<stem>.png`` (resumable: existing files are
 skipped), ``per_image.csv`` (CD, excess CD, kept-region PSNR, aesthetic score per image and
@@ -46,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from seamless_jax import metrics
+from seamless_jax.data import masks as masks_lib
 
 TASKS = ("inpaint", "outpaint")
 MASK_KEYS = {"inpaint": "inpainting_mask", "outpaint": "outpainting_mask"}
@@ -72,40 +75,6 @@ class Entry:
   def stem(self) -> str:
     """File stem shared by the source image, the generated images and the mask files."""
     return os.path.splitext(os.path.basename(self.image_path))[0]
-
-
-def rle_to_mask(rle: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-  """BrushBench RLE → bool (H, W) mask (True = generate). Raises ``ValueError`` if it overflows."""
-  values = np.asarray(rle, dtype=np.int64)
-  if values.ndim != 1 or values.size % 2:
-    raise ValueError(f"RLE must be a flat list of (start, length) pairs, got {values.size} values")
-  starts, lengths = values[0::2] - 1, values[1::2]
-  flat = np.zeros(shape[0] * shape[1], dtype=bool)
-  if values.size and (starts.min() < 0 or (starts + lengths).max() > flat.size):
-    raise ValueError(f"RLE runs fall outside a {shape[0]}x{shape[1]} mask")
-  for start, length in zip(starts, lengths):
-    flat[start:start + length] = True
-  return flat.reshape(shape)
-
-
-def mask_to_rle(mask: np.ndarray) -> list[int]:
-  """bool (H, W) mask → BrushBench RLE (1-based starts, row-major), the inverse of :func:`rle_to_mask`."""
-  flat = np.concatenate([[0], np.asarray(mask, bool).reshape(-1).astype(np.int8), [0]])
-  edges = np.flatnonzero(np.diff(flat))
-  starts, ends = edges[0::2], edges[1::2]
-  return np.stack([starts + 1, ends - starts], axis=1).reshape(-1).tolist()
-
-
-def hull_dilated(mask: np.ndarray, dilation_px: int) -> np.ndarray:
-  """The paper's inpaint mask: convex hull of ``mask`` (bool (H, W)), dilated by ``dilation_px``."""
-  from skimage.morphology import convex_hull_image, dilation
-  if not mask.any():
-    return mask.copy()
-  hull = convex_hull_image(mask)
-  if dilation_px <= 0:
-    return hull
-  element = np.ones((2 * dilation_px + 1, 2 * dilation_px + 1), bool)
-  return dilation(hull, element)
 
 
 def load_benchmark(bench_dir: str, limit: int | None = None) -> list[Entry]:
@@ -141,10 +110,10 @@ def load_rgb(path: str) -> np.ndarray:
 def generate_mask(entry: Entry, task: str, shape: tuple[int, int], dilation_px: int) -> np.ndarray:
   """bool (H, W), True = generate: the paper's mask of ``entry`` for ``task``."""
   try:
-    mask = rle_to_mask(entry.rle[task], shape)
+    mask = masks_lib.rle_decode(entry.rle[task], shape)
   except ValueError as err:
     raise ValueError(f"entry {entry.key!r} {MASK_KEYS[task]}: {err}") from None
-  return hull_dilated(mask, dilation_px) if task == "inpaint" else mask
+  return masks_lib.benchmark_hole(mask, dilation_px) if task == "inpaint" else mask
 
 
 def save_png(array: np.ndarray, path: str) -> None:
