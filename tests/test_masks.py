@@ -164,6 +164,33 @@ def test_rle_decode_follows_brushbench_format():
     M.rle_decode([1, 2, 3], (2, 4))
 
 
+def _border_by_loops(keep):
+  """Independent border: visit every 4-neighbour pair of a (H, W) bool map."""
+  height, width = keep.shape
+  border = np.zeros((height, width), bool)
+  for y in range(height):
+    for x in range(width):
+      for ny, nx in ((y + 1, x), (y, x + 1)):
+        if ny < height and nx < width and keep[y, x] != keep[ny, nx]:
+          border[y, x] = border[ny, nx] = True
+  return border
+
+
+def test_border_pixels_are_both_sides_of_every_differing_pair():
+  keep = np.ones((5, 6), bool)
+  keep[1:3, 2:4] = False
+  expected = np.zeros((5, 6), bool)
+  expected[0:4, 2:4] = expected[1:3, 1:5] = True
+  np.testing.assert_array_equal(M.border_pixels(keep), expected)
+  assert not M.border_pixels(np.zeros((4, 4), bool)).any()
+  rng = np.random.default_rng(0)
+  batch = rng.uniform(size=(3, 2, 9, 11)) > 0.6  # (..., H, W); float {0, 1} works too
+  border = M.border_pixels(batch.astype(np.float32))
+  assert border.shape == batch.shape
+  for index in np.ndindex(batch.shape[:2]):
+    np.testing.assert_array_equal(border[index], _border_by_loops(batch[index]))
+
+
 def test_mask_file_convention():
   keep = np.ones((8, 8, 1), np.float32)
   keep[2:4, 2:4] = 0

@@ -43,6 +43,24 @@ def mask_image_from_keep(keep: np.ndarray) -> np.ndarray:
   return np.where(keep > 0.5, 0, 255).astype(np.uint8)
 
 
+def border_pixels(keep: np.ndarray) -> np.ndarray:
+  """The pixels on either side of the keep border: bool (..., H, W).
+
+  ``keep``: bool or {0, 1} (..., H, W) (a trailing channel axis must be dropped first, e.g.
+  ``keep[..., 0]``). True on both pixels of every 4-neighbour pair whose keep differs; the image
+  edge is not a border. The same pairs as the CD metric (:mod:`seamless_jax.metrics`).
+  """
+  known = np.asarray(keep) > 0.5
+  border = np.zeros(known.shape, bool)
+  vertical = known[..., 1:, :] != known[..., :-1, :]
+  horizontal = known[..., :, 1:] != known[..., :, :-1]
+  border[..., 1:, :] |= vertical
+  border[..., :-1, :] |= vertical
+  border[..., :, 1:] |= horizontal
+  border[..., :, :-1] |= horizontal
+  return border
+
+
 def _as_keep(hole: np.ndarray) -> np.ndarray:
   return (~hole).astype(np.float32)[..., None]
 

@@ -338,17 +338,11 @@ def write_tables(summaries: list[dict], rows: list[dict], out: str, settings: di
   return text
 
 
-def _border(mask: np.ndarray) -> np.ndarray:
-  """Pixels of ``mask`` that have a 4-neighbour outside it."""
-  padded = np.pad(mask, 1, mode="edge")
-  inner = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
-  return mask & ~inner
-
-
 def contact_sheet(entries: Sequence[Entry], tasks: Sequence[str], images_dir: str, out: str,
                   *, max_rows: int = 8, thumb: int = 128) -> str | None:
   """``out/contact_sheet.png``: per row the source, then per task the masked input and the
-  output with the mask border in red. Returns the path (None if no output exists)."""
+  output with the mask border (the pixels on both sides) in red. Returns the path (None if no
+  output exists)."""
   rows = []
   for entry in entries:
     if len(rows) == max_rows:
@@ -365,7 +359,7 @@ def contact_sheet(entries: Sequence[Entry], tasks: Sequence[str], images_dir: st
       output = (_aligned_output(paths[task], source.shape[:2]) if paths[task]
                 else np.zeros_like(source))
       output = output.copy()
-      output[_border(generate_region)] = (255, 0, 0)
+      output[masks_lib.border_pixels(~generate_region)] = (255, 0, 0)
       tiles += [masked, output]
     rows.append(np.concatenate([_thumbnail(t, thumb) for t in tiles], axis=1))
   if not rows:
