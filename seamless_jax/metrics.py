@@ -12,7 +12,7 @@ or all generated) has no border: :func:`color_distance` raises ``ValueError``,
 :func:`color_distance_batch` returns NaN for that row.
 
 No torch here: this module is imported by training. LPIPS goes through the project's Flax
-LPIPS (``seamless_jax.models.lpips``), imported only when :func:`load_masked_lpips` is called.
+LPIPS is passed in as a function (``seamless_jax.models.lpips.load_lpips_fn``).
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def masked_lpips(outputs, references, keep, lpips_fn: Callable) -> np.ndarray:
   Args:
     outputs, references: (B, H, W, 3) 0–255.
     keep: (B, H, W) or (B, H, W, 1); 1 = known.
-    lpips_fn: ``(x, y) -> (B,)`` on [−1, 1] images, e.g. from :func:`load_masked_lpips`.
+    lpips_fn: ``(x, y) -> (B,)`` on [−1, 1] images, e.g.
+      ``seamless_jax.models.lpips.load_lpips_fn(path)``.
   Returns: (B,) float64.
   Note: BrushNet uses the SqueezeNet LPIPS; the project's LPIPS is VGG16 (lpips v0.1), so the
   absolute values differ from their table.
@@ -200,13 +201,3 @@ def masked_lpips(outputs, references, keep, lpips_fn: Callable) -> np.ndarray:
   x = zero_outside_keep(outputs, keep)
   y = zero_outside_keep(references, keep)
   return np.asarray(lpips_fn(x, y), np.float64)
-
-
-def load_masked_lpips(weights_path: str) -> Callable:
-  """``lpips_fn`` for :func:`masked_lpips` from a ``tools/convert_lpips.py`` safetensors file.
-
-  Jitted Flax LPIPS (VGG16, float32); imports JAX only when called.
-  """
-  import jax
-  from seamless_jax.diffusion.lpips import load_lpips_fn
-  return jax.jit(load_lpips_fn(weights_path))

@@ -89,9 +89,8 @@ def test_converter_cli_roundtrip_and_loader_errors(torch_model, tmp_path):
 
 @pytest.mark.slow  # ~10 s: compiles the VGG backward pass on CPU
 def test_lpips_fn_gradients_reach_inputs_only(torch_model):
-  from seamless_jax.diffusion.lpips import make_lpips_fn
   variables = flax_lpips.unflatten_params(convert_lpips.convert([torch_model.state_dict()]))
-  fn = make_lpips_fn(flax_lpips.LPIPS(), variables)
+  fn = flax_lpips.lpips_fn(flax_lpips.LPIPS(), variables)
   x = jax.random.uniform(jax.random.PRNGKey(0), (1, 16, 16, 3), minval=-1, maxval=1)
   g = jax.grad(lambda y: fn(x, y).sum())(x * 0.5)
   assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0

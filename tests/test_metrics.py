@@ -132,7 +132,7 @@ def test_masked_lpips_ignores_generated_pixels(tmp_path):
     flat[f"lin{k}/kernel"] = np.abs(flat[f"lin{k}/kernel"])
   path = str(tmp_path / "lpips.safetensors")
   safetensors_numpy.save_file(flat, path)
-  lpips_fn = metrics.load_masked_lpips(path)
+  lpips_fn = flax_lpips.load_lpips_fn(path)
   a = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   keep = np.ones((2, 32, 32), bool)
   keep[:, 8:24, 8:24] = False

@@ -442,7 +442,10 @@ def main(argv=None) -> str:
              seed=args.seed, batch_size=args.batch_size, paste_back=args.paste_back)
   images_dir = args.images or args.out
 
-  lpips_fn = metrics.load_masked_lpips(args.lpips) if args.lpips else None
+  lpips_fn = None
+  if args.lpips:
+    from seamless_jax.models import lpips as lpips_model
+    lpips_fn = lpips_model.load_lpips_fn(args.lpips)
   inception = scorer = None
   if args.inception:
     from seamless_jax.eval import fid

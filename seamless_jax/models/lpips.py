@@ -12,7 +12,7 @@ Parameter names (one table, see :func:`torch_key_to_flax`):
   ``features_{N}/bias``          ↔ ``features.{N}.bias``
   ``lin{k}/kernel`` (1,1,C,1)    ↔ lpips ``lin{k}.model.1.weight`` (1,C,1,1)
 Weights come from a safetensors file written by ``tools/convert_lpips.py``; this module never
-downloads anything.
+downloads anything. :func:`load_lpips_fn` gives LPIPS as a plain function ``(x, y) -> (B,)``.
 """
 
 from __future__ import annotations
@@ -185,3 +185,22 @@ def load_lpips(path: str, *, dtype=jnp.float32, precision=None):
     raise FileNotFoundError(f"LPIPS weights not found at {path!r}; create them with "
                             "tools/convert_lpips.py --vgg vgg16.pth --lin vgg.pth --out ...")
   return LPIPS(dtype=dtype, precision=precision), unflatten_params(load_file(path))
+
+
+def lpips_fn(module: LPIPS, variables):
+  """``fn(x, y) -> (B,)`` (x, y (B, H, W, 3) in [−1, 1]) with frozen weights.
+
+  The weights are under ``stop_gradient``: gradients flow to the inputs only (the VAE loss).
+  """
+  frozen = jax.lax.stop_gradient(variables)
+
+  def fn(x, y):
+    return module.apply(frozen, x, y)
+
+  return fn
+
+
+def load_lpips_fn(path: str, *, dtype=jnp.float32, precision=None):
+  """Jitted :func:`lpips_fn` of the weights in ``path`` (:func:`load_lpips`): the one loader for
+  evaluation (``seamless_jax.metrics.masked_lpips``) and losses."""
+  return jax.jit(lpips_fn(*load_lpips(path, dtype=dtype, precision=precision)))
