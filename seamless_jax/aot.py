@@ -53,6 +53,7 @@ from ml_collections import config_flags
 
 from seamless_jax import convert
 from seamless_jax import inpaint
+from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.models import attention
 from seamless_jax.runtime import compilation
 from seamless_jax.train import config_check
@@ -258,7 +259,7 @@ def compile_sampler(config, target_name: str, batch: int, resolution: int, steps
   abstract = lambda m: jax.eval_shape(lambda: m.init(key, *m.dummy_inputs())["params"])
   pipe = convert.Pipeline(models.unet, abstract(models.unet), models.vae, abstract(models.vae),
                           models.text, abstract(models.text), None,
-                          {"prediction_type": "v_prediction"})
+                          {"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE})
   inpainter = inpaint.Inpainter(pipe)
   jitted, arguments = inpainter.sample_program(steps)
   rows = NamedSharding(mesh, P(tuple(mesh.axis_names)) if batch % mesh.size == 0 else P())

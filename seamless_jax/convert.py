@@ -35,6 +35,8 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from seamless_jax.diffusion import schedule as schedule_lib
+
 # Flax submodule names of the form ``<container>_<index>`` that are PyTorch
 # ModuleLists (``<container>.<index>``). Anything else keeps its underscores
 # (``linear_1``, ``conv_in``, ``time_emb_proj``).
@@ -399,7 +401,7 @@ def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | No
   """Writes a diffusers ``StableDiffusionPipeline`` folder loadable by ``from_pretrained``.
 
   ``scheduler_overrides`` updates the scheduler config (e.g.
-  ``{'prediction_type': 'v_prediction'}`` after two-step training).
+  ``{'prediction_type': schedule.TRAINED_PREDICTION_TYPE}`` after two-step training).
   """
   import shutil  # pylint: disable=import-outside-toplevel
   os.makedirs(folder, exist_ok=True)
@@ -425,11 +427,8 @@ def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | No
   _write_json(os.path.join(folder, "model_index.json"), index)
 
 
-# SD-1.5's DDIM scheduler config (the paper samples with DDIM, 50 steps).
-SD15_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
-                  "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                  "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-                  "prediction_type": "epsilon", "timestep_spacing": "leading"}
+# SD-1.5's DDIM scheduler config as written to ``scheduler/scheduler_config.json``.
+SD15_SCHEDULER = {"_class_name": "DDIMScheduler", **schedule_lib.SD15_SCHEDULER}
 
 
 def _load_tokenizer(folder: str):

@@ -77,6 +77,7 @@ from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import sampler
 from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.models import vae as vae_lib
 from seamless_jax.runtime import hardware
 
 DEFAULT_PROMPT = "scenery"
@@ -286,22 +287,22 @@ class Inpainter:
     self.keep_method = keep_method
     self.vae_factor = int(vae.downscale)
     self.size_multiple = self.vae_factor * 2 ** (len(unet.block_out_channels) - 1)
-    self.scaling_factor = float(getattr(vae, "scaling_factor", 0.18215))
+    self.scaling_factor = float(getattr(vae, "scaling_factor", vae_lib.SD15_SCALING_FACTOR))
     self.shift_factor = float(getattr(vae, "shift_factor", None) or 0.0)
     self.max_length = int(pipeline.text_encoder.max_position_embeddings)
-    sc = pipeline.scheduler_config or {}
-    self.prediction_type = sc.get("prediction_type", "epsilon")
-    if self.prediction_type not in ("epsilon", "v_prediction"):
+    sc = {**schedule_lib.SD15_SCHEDULER, **(pipeline.scheduler_config or {})}
+    self.prediction_type = sc["prediction_type"]
+    if self.prediction_type not in schedule_lib.PREDICTION_TYPES:
       raise loading.SourceError(f"{self.info.get('source', 'model')}: scheduler prediction_type "
                                 f"{self.prediction_type!r} is not 'epsilon' or 'v_prediction'")
     self.sampler_options = dict(prediction_type=self.prediction_type,
-                                set_alpha_to_one=bool(sc.get("set_alpha_to_one", False)),
-                                steps_offset=int(sc.get("steps_offset", 1)),
-                                spacing=sc.get("timestep_spacing", "leading"),
+                                set_alpha_to_one=bool(sc["set_alpha_to_one"]),
+                                steps_offset=int(sc["steps_offset"]),
+                                spacing=sc["timestep_spacing"],
                                 inpaint_channels=self.inpaint_channels)
     self.alphas_cumprod = jax.device_put(schedule_lib.make_schedule(
-        int(sc.get("num_train_timesteps", 1000)), float(sc.get("beta_start", 0.00085)),
-        float(sc.get("beta_end", 0.012)), sc.get("beta_schedule", "scaled_linear")).alphas_cumprod)
+        int(sc["num_train_timesteps"]), float(sc["beta_start"]), float(sc["beta_end"]),
+        sc["beta_schedule"]).alphas_cumprod)
     params = {"unet": pipeline.unet_params, "vae": pipeline.vae_params,
               "text": pipeline.text_encoder_params}
     shapes_only = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))

@@ -38,7 +38,7 @@ from seamless_jax.diffusion.blending import blend
 
 def bld_sample(model_fn: Callable, params, z0_known, keep, cond, uncond, key, alphas_cumprod,
                *, num_inference_steps: int = 50, guidance_scale: float = 3.0,
-               prediction_type: str = "v_prediction", eta: float = 0.0,
+               prediction_type: str = sched.TRAINED_PREDICTION_TYPE, eta: float = 0.0,
                inpaint_channels: bool = False, set_alpha_to_one: bool = False,
                steps_offset: int = 1, spacing: str = "leading", init_latent=None):
   """Runs BLD/DDIM sampling and returns the final blended latent (B, h, w, 4) float32.
@@ -94,7 +94,7 @@ def bld_sample(model_fn: Callable, params, z0_known, keep, cond, uncond, key, al
 
 
 def make_bld_sampler(model_fn: Callable, *, num_inference_steps: int = 50,
-                     prediction_type: str = "v_prediction", eta: float = 0.0,
+                     prediction_type: str = sched.TRAINED_PREDICTION_TYPE, eta: float = 0.0,
                      inpaint_channels: bool = False, set_alpha_to_one: bool = False,
                      steps_offset: int = 1, spacing: str = "leading"):
   """Returns ``sample(params, z0_known, keep, cond, uncond, key, alphas_cumprod,

@@ -23,6 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What the diffusion objectives trained here predict (paper Alg. 1: v-prediction).
+TRAINED_PREDICTION_TYPE = "v_prediction"
+# SD-1.5's DDIM scheduler config (diffusers ``scheduler_config.json`` keys; the paper samples
+# with DDIM, 50 steps). SD-1.5 itself predicts ε; the β values are every schedule's defaults.
+SD15_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "clip_sample": False,
+                  "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+                  "timestep_spacing": "leading"}
 
 
 class Schedule(NamedTuple):
@@ -33,10 +41,10 @@ class Schedule(NamedTuple):
   sqrt_one_minus_alphas_cumprod: jnp.ndarray
 
 
-def make_schedule(num_train_timesteps: int = 1000,
-                  beta_start: float = 0.00085,
-                  beta_end: float = 0.012,
-                  beta_schedule: str = "scaled_linear") -> Schedule:
+def make_schedule(num_train_timesteps: int = SD15_SCHEDULER["num_train_timesteps"],
+                  beta_start: float = SD15_SCHEDULER["beta_start"],
+                  beta_end: float = SD15_SCHEDULER["beta_end"],
+                  beta_schedule: str = SD15_SCHEDULER["beta_schedule"]) -> Schedule:
   """Builds the β schedule and its cumulative products.
 
   'scaled_linear' (SD-1.5): β_i = (linspace(√β_start, √β_end, T)_i)²; 'linear': linspace of β.
@@ -122,7 +130,8 @@ def eps_from_x0(z_t, x0, t, alphas_cumprod):
   return (z_t - _bcast(sa, z_t) * x0) / _bcast(so, z_t)
 
 
-def x0_eps_from_output(z_t, model_output, t, alphas_cumprod, prediction_type="v_prediction"):
+def x0_eps_from_output(z_t, model_output, t, alphas_cumprod,
+                       prediction_type=TRAINED_PREDICTION_TYPE):
   """Converts a model output (ε or v) at ``z_t`` into ``(x0_pred, eps_pred)``."""
   if prediction_type == "v_prediction":
     return (x0_from_v(z_t, model_output, t, alphas_cumprod),
@@ -164,7 +173,7 @@ def ddim_prev_timesteps(timesteps, num_train_timesteps: int = 1000) -> np.ndarra
 
 
 def ddim_step(sample, model_output, t, t_prev, alphas_cumprod, *,
-              prediction_type: str = "v_prediction", eta: float = 0.0, noise=None,
+              prediction_type: str = TRAINED_PREDICTION_TYPE, eta: float = 0.0, noise=None,
               final_alpha_cumprod=None):
   """One DDIM update ``z_t → z_{t_prev}`` (Song et al. Eq. 12).
 

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from seamless_jax.data import transforms
+from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.experiments import scales as scales_lib
 
 TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "two_step", "standard")
@@ -156,10 +157,11 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
   k_vae, k_unet, k_text = jax.random.split(jax.random.PRNGKey(seed), 3)
   init = lambda module, key: jax.tree.map(
       np.asarray, jax.jit(module.init)(key, *module.dummy_inputs())["params"])
+  scheduler = {"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE}
   pipe = convert.Pipeline(unet, init(unet, k_unet), vae, init(vae, k_vae), text,
-                          init(text, k_text), None, {"prediction_type": "v_prediction"})
+                          init(text, k_text), None, scheduler)
   convert.save_pipeline(pipe, paths.init, tokenizer_folder=paths.tokenizer(),
-                        scheduler_overrides={"prediction_type": "v_prediction"})
+                        scheduler_overrides=scheduler)
 
 
 def latent_scaling_factor(vae, vae_params, image_folder: str, resolution: int,
@@ -189,7 +191,7 @@ def export_base_model(paths: Paths) -> None:
     return
   pipe = loading.load_pipeline(paths.run("base_unet"), dtype="float32")
   convert.save_pipeline(pipe, paths.base, tokenizer_folder=paths.tokenizer(),
-                        scheduler_overrides={"prediction_type": "v_prediction"})
+                        scheduler_overrides={"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE})
 
 
 # ============================================================================ training

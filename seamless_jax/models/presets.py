@@ -5,6 +5,8 @@ blocks, skips, down/upsamplers, several heads) at a size that runs in
 milliseconds on a CPU; tests and the ``:tiny``/``:demo`` training configs use them.
 """
 
+from seamless_jax.models.vae import SD15_SCALING_FACTOR
+
 SD15_UNET = {
     "sample_size": 64,
     "in_channels": 4,
@@ -49,7 +51,7 @@ SD15_VAE = {
     "latent_channels": 4,
     "norm_num_groups": 32,
     "sample_size": 512,
-    "scaling_factor": 0.18215,
+    "scaling_factor": SD15_SCALING_FACTOR,
 }
 
 TINY_VAE = {

@@ -47,6 +47,8 @@ DOWN_BLOCK = "DownEncoderBlock2D"
 UP_BLOCK = "UpDecoderBlock2D"
 RESNET_EPS = 1e-6  # every resnet, norm and attention norm of the SD VAE
 LOGVAR_RANGE = (-30.0, 20.0)
+# SD-1.5's latent scale (``z_scaled = z * scaling_factor``): the field's default.
+SD15_SCALING_FACTOR = 0.18215
 
 
 class AutoencoderKL(nn.Module):
@@ -60,7 +62,7 @@ class AutoencoderKL(nn.Module):
   latent_channels: int = 4
   norm_num_groups: int = 32
   sample_size: int | Sequence[int] = 512
-  scaling_factor: float = 0.18215
+  scaling_factor: float = SD15_SCALING_FACTOR
   shift_factor: float | None = None
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
