@@ -51,16 +51,17 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from seamless_jax import build as models_lib
 from seamless_jax import convert
 from seamless_jax import inpaint
+from seamless_jax import objectives
 from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.models import attention
 from seamless_jax.runtime import compilation
-from seamless_jax.train import config_check
 from seamless_jax.runtime import hardware
-from seamless_jax.train import loop
-from seamless_jax import build as models_lib
 from seamless_jax.runtime import sharding as shd
+from seamless_jax.train import config_check
+from seamless_jax.train import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 
@@ -206,8 +207,8 @@ def compile_train_step(config, target_name: str, config_name: str = "") -> Repor
   """Compiles ``config``'s train step for the target (module doc) and reports on it."""
   t = hardware.target(target_name)
   mesh = target_mesh(config, t)
-  trainer = loop.shapes_only_setup(config, mesh)
-  batch = loop.abstract_batch(config, mesh)
+  trainer = trainer_lib.shapes_only_setup(config, mesh)
+  batch = trainer_lib.abstract_batch(config, mesh)
   state, state_sh = trainer.state, trainer.state_shardings
   parts = {"params": per_device_bytes(state.params, state_sh.params),
            "opt_state": per_device_bytes(state.opt_state, state_sh.opt_state),
@@ -216,7 +217,7 @@ def compile_train_step(config, target_name: str, config_name: str = "") -> Repor
            "batch": per_device_bytes(batch)}
   t0 = time.perf_counter()
   compiled, oom = _compile(trainer.step_fn, (state, trainer.frozen, batch), mesh,
-                           f"{config.mode} step for {t.name}")
+                           f"{trainer.objective.name} step for {t.name}")
   report = _report(t, "train", config, config_name, int(config.batch_size), parts, compiled,
                    oom, time.perf_counter() - t0)
   report.attention = attention_kernels(trainer, mesh)
@@ -250,8 +251,8 @@ def compile_sampler(config, target_name: str, batch: int, resolution: int, steps
   replicated, images split over the devices when the batch divides by their number."""
   t = hardware.target(target_name)
   config = copy.deepcopy(config)
-  if config.mode == "vae_finetune":  # the sampler needs the UNet the VAE modes leave out
-    config.mode = "two_step"
+  if not objectives.for_config(config).needs_unet:  # the sampler needs a UNet: build one
+    config.mode = objectives.TwoStep.name
   config_check.validate(config, shapes_only=True)
   mesh = target_mesh(config, t)
   models = models_lib.build_models(config, shapes_only=True)

@@ -1,9 +1,14 @@
-"""Builds the Flax modules a training mode needs and their parameters' sources.
+"""Builds, from a training config, the Flax modules its objective needs and their params.
 
-``build_models(config)`` returns a :class:`Models` bundle: the modules (runtime options from the
-config: dtype, attention kernel, remat) and, for each, either pretrained params loaded from
-``config.pretrained`` (numpy, host memory, never put on one device) or ``None`` = random init
-(``model='tiny'``), done sharded by :mod:`seamless_jax.train.state`.
+* :func:`build_models` returns a :class:`Models` bundle: the modules (runtime options from the
+  config: dtype, attention kernel, remat) and, for each, either pretrained params read from the
+  diffusers folder ``config.pretrained`` (numpy, host memory, never put on one device) or
+  ``None`` = random init (``model='tiny'``). (A replacement VAE, ``config.vae_pretrained``, is
+  any model source: :func:`seamless_jax.loading.build_models` adds it.)
+* :func:`initial_params` gives the objective's ``(trainable, frozen)`` params, pretrained where
+  given, random from ``config.seed`` otherwise; training runs it sharded
+  (:mod:`seamless_jax.train.state`), :func:`initial_frozen_params` rebuilds the frozen part that
+  checkpoints do not hold, bit for bit, for loading a workdir.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seamless_jax import convert
+from seamless_jax import objectives
 from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
 from seamless_jax.models import presets
+from seamless_jax.runtime import compilation
 
+MODELS = ("sd15", "tiny")  # config.model: a pretrained SD-1.5 folder, or tiny random models
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+FROZEN_DTYPES = ("float32", "bfloat16")  # config.frozen_dtype: see cast_frozen
 DEFAULT_SCALING_FACTOR = 0.18215
 
 
@@ -68,40 +78,29 @@ def tiny_text_config(vocab_size: int | None = None) -> dict:
 
 def build_models(config, vocab_size: int | None = None, *,
                  with_unet_params: bool = True, shapes_only: bool = False) -> Models:
-  """Modules (+ pretrained params when ``config.model == 'sd15'``) for ``config.mode``.
+  """Modules (+ pretrained params when ``config.model == 'sd15'``) for the config's objective.
 
   ``vocab_size``: the tokenizer's, to size the tiny text encoder's embedding table.
   ``with_unet_params=False`` skips reading the pretrained UNet (a caller that restores it).
-  ``config.vae_pretrained`` (a VAE folder or a ``vae_finetune`` workdir) replaces the VAE.
   ``shapes_only``: the modules alone, no weights read (every ``*_params`` is ``None``): for
   ``sd15`` from the ``config.json`` files of ``config.pretrained`` when it is a folder, else
-  from the SD-1.5 presets; ``vae_pretrained`` is ignored (it has the SD VAE's shapes). What
-  ahead-of-time compilation needs (:mod:`seamless_jax.aot`).
+  from the SD-1.5 presets. What ahead-of-time compilation needs (:mod:`seamless_jax.aot`).
   """
   if shapes_only:
     return _modules_only(config, vocab_size)
-  models = _build_base_models(config, vocab_size, with_unet_params)
-  if config.get("vae_pretrained"):
-    from seamless_jax import loading  # pylint: disable=import-outside-toplevel
-    vae, vae_params = loading.load_vae(config.vae_pretrained, dtype=config.dtype,
-                                       attention=config.attention or None)
-    vae = vae.clone(remat=runtime_options(config)["remat"])
-    models = dataclasses.replace(models, vae=vae, vae_params=_to_host(vae_params),
-                                 scaling_factor=_scaling_factor(vae))
-  return models
+  return _build_base_models(config, vocab_size, with_unet_params)
 
 
 def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
   rt = runtime_options(config)
-  need_unet = config.mode != "vae_finetune"
+  need_unet = objectives.for_config(config).needs_unet
   if config.model == "tiny":
     vae = AutoencoderKL.from_config(presets.TINY_VAE, **rt)
     text = CLIPTextModel.from_config(tiny_text_config(vocab_size), **rt)
     unet = (UNet2DConditionModel.from_config(presets.TINY_UNET, **rt)
             if need_unet else None)
-    return Models(vae=vae, text=text, unet=unet, scaling_factor=_scaling_factor(vae))
+    return Models(vae=vae, text=text, unet=unet, scaling_factor=scaling_factor(vae))
 
-  from seamless_jax import convert  # pylint: disable=import-outside-toplevel
   vae, vae_params = convert.load_vae(_require_folder(config, "vae"), **rt)
   text, text_params = convert.load_text_encoder(_require_folder(config, "text_encoder"), **rt)
   unet = unet_params = None
@@ -114,7 +113,7 @@ def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
       unet = UNet2DConditionModel.from_config(convert.read_config(unet_folder), **rt)
   return Models(vae=vae, text=text, unet=unet, vae_params=_to_host(vae_params),
                 text_params=_to_host(text_params), unet_params=unet_params,
-                scaling_factor=_scaling_factor(vae))
+                scaling_factor=scaling_factor(vae))
 
 
 def _modules_only(config, vocab_size) -> Models:
@@ -124,17 +123,16 @@ def _modules_only(config, vocab_size) -> Models:
   folder = config.pretrained if config.pretrained and os.path.isdir(config.pretrained) else ""
 
   def model_config(sub: str, preset: dict) -> dict:
-    from seamless_jax import convert  # pylint: disable=import-outside-toplevel
     return convert.read_config(os.path.join(folder, sub)) if folder else dict(preset)
 
   vae = AutoencoderKL.from_config(model_config("vae", presets.SD15_VAE), **rt)
   text = CLIPTextModel.from_config(model_config("text_encoder", presets.SD15_TEXT), **rt)
   unet = (UNet2DConditionModel.from_config(model_config("unet", presets.SD15_UNET), **rt)
-          if config.mode != "vae_finetune" else None)
-  return Models(vae=vae, text=text, unet=unet, scaling_factor=_scaling_factor(vae))
+          if objectives.for_config(config).needs_unet else None)
+  return Models(vae=vae, text=text, unet=unet, scaling_factor=scaling_factor(vae))
 
 
-def _scaling_factor(vae) -> float:
+def scaling_factor(vae) -> float:
   """The VAE config's ``scaling_factor`` (a module field; the module never applies it)."""
   return float(getattr(vae, "scaling_factor", DEFAULT_SCALING_FACTOR))
 
@@ -146,3 +144,61 @@ def tokenizer_dir(config) -> str:
   if config.pretrained:
     return os.path.join(config.pretrained, "tokenizer")
   return ""
+
+
+# ============================================================================ params
+
+def init_keys(config) -> tuple[jax.Array, jax.Array]:
+  """``(init_key, rng)``: the key that initialises random params and the train state's key."""
+  return tuple(jax.random.split(jax.random.PRNGKey(int(config.seed))))
+
+
+def host_params(models: Models) -> dict:
+  """``{'unet', 'vae', 'text'}``: the pretrained host params the bundle holds (no ``None``)."""
+  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
+  return {k: v for k, v in host.items() if v is not None}
+
+
+def with_params(models: Models, pretrained: dict) -> Models:
+  """The bundle with its params replaced by ``pretrained`` (missing names: ``None``)."""
+  return dataclasses.replace(models, unet_params=pretrained.get("unet"),
+                             vae_params=pretrained.get("vae"),
+                             text_params=pretrained.get("text"))
+
+
+def cast_frozen(config, frozen):
+  """``frozen`` with its float leaves in ``config.frozen_dtype`` ('bfloat16' halves the frozen
+  VAE/text encoder's memory and reads; the modules compute in ``config.dtype`` either way)."""
+  dtype = jnp.dtype(config.get("frozen_dtype", "float32"))
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      frozen)
+
+
+def initial_params(config, models: Models, key) -> tuple[Any, Any]:
+  """The objective's ``(trainable, frozen)`` params (traceable): pretrained where ``models``
+  holds them, random from ``key`` otherwise; ``frozen`` in ``config.frozen_dtype``."""
+  trainable, frozen = objectives.for_config(config).init_params(config, models, key)
+  return trainable, cast_frozen(config, frozen)
+
+
+def compile_init(init_jit, *args):
+  """The jitted random init compiled for ``args`` with :func:`compilation.run_once_options`
+  (training and :func:`initial_frozen_params` must compile it alike to get the same bits)."""
+  return compilation.aot_compile(init_jit, *args, count_flops=False,
+                                 compiler_options=compilation.run_once_options()).fn
+
+
+def initial_frozen_params(config, models: Models) -> Any:
+  """``frozen`` exactly as training starts it (the parts that are never checkpointed).
+
+  Random parts come from the same key as training's init, so a tiny model's frozen VAE/text
+  encoder is rebuilt bit-for-bit from ``config.seed``; the trainable params are neither
+  initialised nor moved to the device (a restore supplies them).
+  """
+  init_key, _ = init_keys(config)
+  host = {k: v for k, v in host_params(models).items() if k != "unet"}
+
+  def init(key, pretrained):  # compiled as in training (other options round differently)
+    m = dataclasses.replace(with_params(models, pretrained), unet_params={})  # skip UNet init
+    return initial_params(config, m, key)[1]
+  return compile_init(jax.jit(init), init_key, host)(init_key, host)

@@ -39,6 +39,8 @@ from typing import Callable
 
 from seamless_jax import convert
 from seamless_jax import loading
+from seamless_jax import objectives
+from seamless_jax import workdir as workdir_lib
 from seamless_jax.runtime import hardware
 
 # File kinds copied from a base model's part folder; everything else (pickles, ONNX, Flax
@@ -66,10 +68,10 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = True,
            base: str | None = None, vae: str | None = None, vae_step: int | None = None,
            overwrite: bool = False, log: Log = _print) -> str:
   """Exports ``workdir`` (any mode) to ``out``; returns ``out``. See the module docstring."""
-  config = loading.read_workdir_config(workdir)
-  if config.mode == "vae_finetune":
+  objective = objectives.for_config(workdir_lib.read_config(workdir))
+  if objective.exports == "vae":
     if vae or base:
-      raise ExportError(f"{workdir} is a vae_finetune workdir (exports a VAE folder): "
+      raise ExportError(f"{workdir} is a {objective.name} workdir (exports a VAE folder): "
                         "--vae and --base apply to two_step/standard workdirs only")
     return export_vae(workdir, out, step=step, ema=ema, overwrite=overwrite, log=log)
   return export_pipeline(workdir, out, step=step, ema=ema, base=base, vae=vae,
@@ -86,7 +88,8 @@ def export_vae(workdir: str, out: str, *, step: int | None = None, ema: bool = T
   _check_out(out, overwrite)
   log(f"reading {workdir} ...")
   model = loading.restore_workdir(workdir, step=step, ema=ema, dtype="float32")
-  log(f"{workdir}: mode vae_finetune, step {model.step}, {_weights_name(model.ema)}")
+  log(f"{workdir}: mode {objectives.for_config(model.config).name}, step {model.step}, "
+      f"{_weights_name(model.ema)}")
   with _staging(out, overwrite, log) as folder:
     log("writing the VAE (config.json, diffusion_pytorch_model.safetensors)")
     convert.save_vae(model.models.vae, model.vae_params, folder)
@@ -100,7 +103,7 @@ def export_pipeline(workdir: str, out: str, *, step: int | None = None, ema: boo
   """A ``two_step`` / ``standard`` workdir (+ the decoder of ``vae``) -> a diffusers
   ``StableDiffusionPipeline`` folder at ``out``."""
   _check_out(out, overwrite)
-  config = loading.read_workdir_config(workdir)
+  config = workdir_lib.read_config(workdir)
   base = _base_folder(workdir, config, base)
   log(f"reading {workdir} ..." + (f" and the VAE decoder of {vae}" if vae else ""))
   pipe = loading.load_pipeline(workdir, step=step, ema=ema, vae=vae, vae_step=vae_step,
@@ -166,7 +169,7 @@ def _weights_name(ema: bool) -> str:
 def _base_folder(workdir: str, config, base: str | None) -> str:
   """The folder the untouched parts come from ('' for tiny runs without one)."""
   if base is None:
-    base = loading.resolve_path(config.get("pretrained", ""), workdir)
+    base = workdir_lib.resolve_path(config.get("pretrained", ""), workdir)
   if not base:
     return ""
   if not os.path.isfile(os.path.join(base, "model_index.json")):

@@ -75,7 +75,7 @@ from seamless_jax import loading
 from seamless_jax.data import masks as masks_lib
 from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
-from seamless_jax.diffusion import sampler
+from seamless_jax.diffusion import bld
 from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.models import vae as vae_lib
 from seamless_jax.runtime import hardware
@@ -218,13 +218,6 @@ def _pad_to(array: np.ndarray, multiple: int) -> np.ndarray:
     return array
   pad = [(0, 0)] * (array.ndim - 3) + [(0, pad_h), (0, pad_w), (0, 0)]
   return np.pad(array, pad, mode="reflect" if min(height, width) > 1 else "edge")
-
-
-def sample_keys(seed: int, count: int) -> np.ndarray:
-  """(count, 2) uint32: the key of sample ``j`` of an image with ``seed`` is
-  ``fold_in(PRNGKey(seed), j)``."""
-  base = jax.random.PRNGKey(int(seed))
-  return np.stack([np.asarray(jax.random.fold_in(base, j)) for j in range(count)])
 
 
 class _Progress:
@@ -382,7 +375,7 @@ class Inpainter:
     inputs = {"image": image_pad[rows], "keep": keep_pad[rows],
               "cond_ids": self._tokenize([prompts[i] for i in rows]),
               "uncond_ids": self._tokenize([negative_prompts[i] for i in rows]),
-              "keys": np.concatenate([sample_keys(s, n) for s in seeds])}
+              "keys": np.concatenate([bld.per_image_keys(s, n) for s in seeds])}
     decoded = self._generate(inputs, int(num_inference_steps), float(guidance_scale),
                              batch_size, progress)
     results = transforms.image_to_uint8(decoded[:, :height, :width])
@@ -463,26 +456,11 @@ class Inpainter:
               guidance_scale, *, num_inference_steps: int):
     """image (N, H, W, 3) [-1, 1]; keep (N, H, W, 1); ids (N, L); keys (N, 2) -> (N, H, W, 3)."""
     pipe = self.pipeline
-    vae, text, unet = pipe.vae, pipe.text_encoder, pipe.unet
-    sf, shift = self.scaling_factor, self.shift_factor
-    mean, _ = vae.apply({"params": params["vae"]}, image * keep, method=vae.encode)
-    z0_known = (mean.astype(jnp.float32) - shift) * sf
-    keep_latent = blending.latent_keep(keep, z0_known.shape[1:3], self.keep_method)
-    cond = text.apply({"params": params["text"]}, cond_ids)
-    uncond = text.apply({"params": params["text"]}, uncond_ids)
-
-    def model_fn(unet_params, z_in, t, context):
-      return unet.apply({"params": unet_params}, z_in, t, context)
-
-    def one(z0k, kl, c, u, key):  # per-sample key: results independent of the batch
-      z = sampler.bld_sample(model_fn, params["unet"], z0k[None], kl[None], c[None], u[None],
-                             key, alphas_cumprod, num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, **self.sampler_options)
-      return z[0]
-
-    z = jax.vmap(one)(z0_known, keep_latent, cond, uncond, keys)
-    x = vae.apply({"params": params["vae"]}, z / sf + shift, method=vae.decode)
-    return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
+    return bld.inpaint(pipe.unet, pipe.vae, pipe.text_encoder, params, image, keep, cond_ids,
+                       uncond_ids, keys, alphas_cumprod, guidance_scale,
+                       num_inference_steps=num_inference_steps,
+                       scaling_factor=self.scaling_factor, shift_factor=self.shift_factor,
+                       keep_method=self.keep_method, sampler_options=self.sampler_options)
 
 
 def _per_image(value, count: int, name: str) -> list:

@@ -12,114 +12,32 @@ through this module only, so a workdir is a model source exactly like a diffuser
 * :func:`restore_workdir(workdir)` -> :class:`WorkdirModel`: the workdir's config, the chosen
   step's trainable params (EMA or raw) and the frozen params training used with them.
 
-A workdir is a folder with ``config.json`` (written by training) and ``checkpoints/<step>/state``.
-Only the needed arrays are read (orbax partial restore into host numpy, no device mesh): a
-checkpoint written on any mesh loads on one host. The frozen parts that are not checkpointed
+A workdir (its format: :mod:`seamless_jax.workdir`) is read without a device mesh: only the
+needed arrays, into host numpy, so a checkpoint written on any mesh loads on one host. The frozen
+parts that are not checkpointed
 are rebuilt as training built them: from ``config.pretrained`` / ``config.vae_pretrained``, or,
 for tiny random models, from ``config.seed`` (bit-identical).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-from absl import logging as absl_logging
 
+from seamless_jax import build
 from seamless_jax import convert
+from seamless_jax import objectives
+from seamless_jax import workdir as workdir_lib
 from seamless_jax.data.tokenizer import CLIPTokenizer
-from seamless_jax import build as models_lib
-from seamless_jax.train import state as state_lib
+from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.objectives.vae_finetune import VAE_DECODER_PARTS
+from seamless_jax.workdir import SourceError
 
-VAE_DECODER_PARTS = state_lib.VAE_DECODER_PARTS
-CONFIG_FILE = "config.json"
-CHECKPOINTS = "checkpoints"
-# The diffusion objectives trained here predict v (paper Alg. 1).
-TRAINED_PREDICTION_TYPE = "v_prediction"
-
-
-class SourceError(ValueError):
-  """A model source (folder or workdir) that cannot be loaded; the message names it."""
-
-
-# ============================================================================ workdirs
-
-def is_workdir(path: str) -> bool:
-  """True for a training workdir (``config.json`` + ``checkpoints/``)."""
-  return (os.path.isfile(os.path.join(path, CONFIG_FILE))
-          and os.path.isdir(os.path.join(path, CHECKPOINTS)))
-
-
-def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The training config saved in ``workdir/config.json``."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except FileNotFoundError as e:
-    raise SourceError(f"{workdir} is not a training workdir: no {CONFIG_FILE}") from e
-  except json.JSONDecodeError as e:
-    raise SourceError(f"{path} is not valid JSON: {e}") from e
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps with a finished checkpoint (``checkpoints/<step>/state``), ascending."""
-  root = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(name) for name in os.listdir(root)
-                if name.isdigit() and os.path.isdir(os.path.join(root, name, "state")))
-
-
-def choose_step(workdir: str, step: int | None) -> int:
-  """``step`` if it was saved, else the latest saved step; a clear error otherwise."""
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise SourceError(f"{workdir} has no checkpoints (nothing in {CHECKPOINTS}/)")
-  if step is None:
-    return steps[-1]
-  if int(step) not in steps:
-    raise SourceError(f"{workdir} has no checkpoint for step {step}; saved steps: "
-                      f"{', '.join(map(str, steps))}")
-  return int(step)
-
-
-def restore_arrays(workdir: str, step: int, names: tuple[str, ...]) -> dict[str, Any]:
-  """Reads only the TrainState fields ``names`` of ``step`` into host numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  path = os.path.abspath(os.path.join(workdir, CHECKPOINTS, str(step), "state"))
-  try:
-    with _orbax_warnings_off():
-      checkpointer = ocp.PyTreeCheckpointer()
-      metadata = checkpointer.metadata(path)
-      tree = getattr(metadata, "item_metadata", metadata)
-      tree = getattr(tree, "tree", tree)
-      item = {name: tree[name] for name in names}
-      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
-  except Exception as e:  # noqa: BLE001  orbax raises many kinds; the file is what matters
-    raise SourceError(f"checkpoint {path} is damaged or unreadable "
-                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-  return {name: restored[name] for name in names}
-
-
-@contextlib.contextmanager
-def _orbax_warnings_off():
-  """Reading ``<step>/state`` on its own makes orbax warn that the step's
-  ``_CHECKPOINT_METADATA`` (one folder up) is missing: true, and not the user's concern."""
-  previous = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    yield
-  finally:
-    absl_logging.set_verbosity(previous)
+is_workdir = workdir_lib.is_workdir
 
 
 @dataclasses.dataclass
@@ -147,27 +65,27 @@ class WorkdirModel:
   @property
   def vae_params(self) -> dict:
     """The complete VAE param tree (trained parts over frozen ones for vae_finetune)."""
-    if self.config.mode == "vae_finetune":
-      return {**self.frozen["vae"], **self.params["vae"]}
-    return self.frozen["vae"]
+    return objectives.for_config(self.config).vae_params(self.params, self.frozen)
 
 
-def resolve_path(path: str, workdir: str) -> str:
-  """A path from a workdir's config: as saved if it exists, else relative to the workdir's
-  parent folder (a relative path saved by a run started elsewhere)."""
-  if not path or os.path.isabs(path) or os.path.exists(path):
-    return path
-  for base in (os.path.dirname(os.path.abspath(workdir)), os.path.abspath(workdir)):
-    candidate = os.path.join(base, path)
-    if os.path.exists(candidate):
-      return candidate
-  return path
+def build_models(config, vocab_size: int | None = None, *,
+                 with_unet_params: bool = True) -> build.Models:
+  """:func:`seamless_jax.build.build_models` with ``config.vae_pretrained`` (any VAE source:
+  a diffusers folder or a ``vae_finetune`` workdir, :func:`load_vae`) in place of the VAE."""
+  models = build.build_models(config, vocab_size, with_unet_params=with_unet_params)
+  if not config.get("vae_pretrained"):
+    return models
+  vae, vae_params = load_vae(config.vae_pretrained, dtype=config.dtype,
+                             attention=config.attention or None)
+  vae = vae.clone(remat=build.runtime_options(config)["remat"])
+  return dataclasses.replace(models, vae=vae, vae_params=jax.tree.map(np.asarray, vae_params),
+                             scaling_factor=build.scaling_factor(vae))
 
 
 def workdir_tokenizer_folder(config, workdir: str) -> str:
   """The tokenizer folder a workdir's run used (``data.tokenizer_dir``, ``pretrained/tokenizer``
   or the demo set's ``workdir/demo_data/tokenizer``), resolved like the config's other paths."""
-  folder = resolve_path(models_lib.tokenizer_dir(config), workdir)
+  folder = workdir_lib.resolve_path(build.tokenizer_dir(config), workdir)
   fallback = os.path.join(workdir, "demo_data", "tokenizer")
   if (not folder or not os.path.isdir(folder)) and os.path.isdir(fallback):
     folder = fallback
@@ -189,7 +107,7 @@ def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
   ``dtype`` / ``attention`` override the config's compute dtype and attention kernel
   (e.g. ``'float32'`` for CPU inference of a bf16-trained model).
   """
-  config = read_workdir_config(workdir)
+  config = workdir_lib.read_config(workdir)
   with config.unlocked():
     if dtype:
       config.dtype = dtype
@@ -197,16 +115,15 @@ def restore_workdir(workdir: str, *, step: int | None = None, ema: bool = True,
       config.attention = attention
     if "frozen_dtype" in config:  # a training-memory setting: load the frozen parts unrounded
       config.frozen_dtype = "float32"
-    config.pretrained = resolve_path(config.pretrained, workdir)
+    config.pretrained = workdir_lib.resolve_path(config.pretrained, workdir)
     if "vae_pretrained" in config:
-      config.vae_pretrained = resolve_path(config.vae_pretrained, workdir)
-  chosen = choose_step(workdir, step)
+      config.vae_pretrained = workdir_lib.resolve_path(config.vae_pretrained, workdir)
+  chosen = workdir_lib.choose_step(workdir, step)
   name = "ema_params" if ema else "params"
-  restored = restore_arrays(workdir, chosen, (name,))[name]
+  restored = workdir_lib.restore_arrays(workdir, chosen, (name,))[name]
   tokenizer = _workdir_tokenizer(config, workdir)
-  models = models_lib.build_models(config, vocab_size=tokenizer.vocab_size,
-                                   with_unet_params=False)
-  frozen = jax.tree.map(np.asarray, state_lib.initial_frozen_params(config, models))
+  models = build_models(config, vocab_size=tokenizer.vocab_size, with_unet_params=False)
+  frozen = jax.tree.map(np.asarray, build.initial_frozen_params(config, models))
   return WorkdirModel(workdir, config, chosen, ema, restored, frozen, models, tokenizer)
 
 
@@ -215,7 +132,8 @@ def scheduler_config(config) -> dict:
   sc = config.schedule
   return {**convert.SD15_SCHEDULER, "num_train_timesteps": int(sc.num_train_timesteps),
           "beta_start": float(sc.beta_start), "beta_end": float(sc.beta_end),
-          "beta_schedule": str(sc.beta_schedule), "prediction_type": TRAINED_PREDICTION_TYPE}
+          "beta_schedule": str(sc.beta_schedule),
+          "prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE}
 
 
 # ============================================================================ any source
@@ -223,7 +141,7 @@ def scheduler_config(config) -> dict:
 def _runtime(dtype: str | None, attention: str | None) -> dict:
   runtime = {}
   if dtype:
-    runtime["dtype"] = models_lib.DTYPES[dtype]
+    runtime["dtype"] = build.DTYPES[dtype]
   if attention:
     runtime["attention_implementation"] = attention
   return runtime
@@ -273,7 +191,8 @@ def load_pipeline(model: str, *, step: int | None = None, ema: bool = True,
     _require_dir(model, "an SD-1.5 diffusers folder or a training workdir")
     if not os.path.isfile(os.path.join(model, "model_index.json")):
       raise SourceError(f"{model} is neither a diffusers pipeline folder (no model_index.json) "
-                        f"nor a training workdir (no {CONFIG_FILE} + {CHECKPOINTS}/)")
+                        f"nor a training workdir (no {workdir_lib.CONFIG_FILE} + "
+                        f"{workdir_lib.CHECKPOINTS}/)")
     try:
       pipe = convert.load_pipeline(model, **_runtime(dtype, attention))
     except (FileNotFoundError, convert.ConversionError) as e:
@@ -291,13 +210,14 @@ def load_pipeline(model: str, *, step: int | None = None, ema: bool = True,
 
 def _workdir_pipeline(workdir: str, **kwargs) -> convert.Pipeline:
   model = restore_workdir(workdir, **kwargs)
-  if model.config.mode == "vae_finetune":
-    raise SourceError(f"{workdir} is a vae_finetune workdir (a VAE, no UNet): give it as the "
-                      "VAE (--vae / vae=) next to an SD-1.5 folder or a two_step workdir")
+  objective = objectives.for_config(model.config)
+  if not objective.needs_unet:
+    raise SourceError(f"{workdir} is a {objective.name} workdir (a VAE, no UNet): give it as "
+                      "the VAE (--vae / vae=) next to an SD-1.5 folder or a two_step workdir")
   m = model.models
   pipe = convert.Pipeline(m.unet, model.params, m.vae, model.frozen["vae"], m.text,
                           model.frozen["text"], model.tokenizer, scheduler_config(model.config))
-  pipe.info = {"source": workdir, "kind": "workdir", "mode": model.config.mode,
+  pipe.info = {"source": workdir, "kind": "workdir", "mode": objective.name,
                "step": model.step, "ema": model.ema}
   return pipe
 

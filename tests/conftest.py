@@ -1,7 +1,8 @@
 """Session fixtures: tiny trained workdirs shared by the loading, inference and export tests.
 
 ``tiny_workdirs`` trains once per test session (tiny random models, 32² demo photos, CPU):
-a ``vae_finetune`` run (Eq. 6 decoder) and a ``two_step`` run, each saving steps 1 and 2.
+a ``vae_finetune`` run (Eq. 6 decoder) and a ``two_step`` run, each saving steps 1 and 2 and
+sampling a 2-image grid at step 2.
 """
 
 import os
@@ -17,8 +18,12 @@ import tiny as testing  # pylint: disable=wrong-import-position
 
 
 def _train(mode: str, data_dir: str, workdir: str) -> str:
-  config = testing.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1)
-  loop.train_and_evaluate(config, workdir)
+  """A tiny 2-step run saving steps 1 and 2, with a 2-image sample grid at step 2."""
+  config = testing.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
+                               sample_every=2)
+  config.sample.num_images, config.sample.num_inference_steps = 2, 2
+  config.sample.prompt = "a photo"
+  loop.train(config, workdir)
   return workdir
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seamless_jax import workdir as workdir_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 
 
@@ -77,7 +78,7 @@ def test_damaged_newest_step_falls_back_and_is_moved_aside(tmp_path, damage, cap
   assert next_element == 2  # the data iterator continues from step 2's position
   assert steps_after == [1, 2]  # orbax no longer lists the damaged step...
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", "3", "state"))  # kept
-  assert ckpt_lib.saved_steps(workdir) == [1, 2]
+  assert workdir_lib.saved_steps(workdir) == [1, 2]
   warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
   assert len(warnings) == 1 and "step 3" in warnings[0] and "damaged/3" in warnings[0]
   assert "\n" not in warnings[0]
@@ -104,7 +105,7 @@ def test_no_intact_step_is_one_clear_error_and_moves_nothing(tmp_path):
 
 
 def test_empty_workdir_restores_nothing(tmp_path):
-  assert ckpt_lib.saved_steps(str(tmp_path / "new")) == []
+  assert workdir_lib.saved_steps(str(tmp_path / "new")) == []
   assert _restore_latest(str(tmp_path / "new"))[:2] == (None, None)
 
 

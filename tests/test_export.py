@@ -249,7 +249,7 @@ from seamless_jax.train import loop
 data_dir, workdir, dump = sys.argv[1:]
 config = tiny.tiny_config("two_step", data_dir, total_steps=1, checkpoint_every=1)
 config.mesh.data, config.mesh.fsdp = 2, 4
-loop.train_and_evaluate(config, workdir)
+loop.train(config, workdir)
 ckpt = ckpt_lib.Checkpointer(workdir)
 state = ckpt.manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 ckpt.close()

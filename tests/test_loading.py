@@ -8,8 +8,9 @@ import pytest
 
 from seamless_jax import convert
 from seamless_jax import loading
+from seamless_jax import workdir as workdir_lib
 from seamless_jax.train import checkpoint as ckpt_lib
-from seamless_jax.train import loop
+from seamless_jax.train import trainer as trainer_lib
 from seamless_jax import build as models_lib
 import tiny as testing
 
@@ -37,7 +38,7 @@ def test_two_step_workdir_loads_its_checkpoint_and_the_frozen_models_training_us
   assert_same_params(raw.params, _saved_state(workdir, 1)["params"])
   # The frozen (never checkpointed) tiny VAE and text encoder are rebuilt bit-for-bit.
   config = testing.tiny_config("two_step", tiny_workdirs["data"])
-  trainer = loop.setup(config)
+  trainer = trainer_lib.setup(config)
   assert_same_params(pipe.vae_params, trainer.frozen["vae"])
   assert_same_params(pipe.text_encoder_params, trainer.frozen["text"])
   assert pipe.tokenizer.vocab_size == trainer.tokenizer.vocab_size
@@ -82,7 +83,7 @@ def test_vae_source_gives_the_decoder_and_keeps_the_base_encoder(tiny_workdirs):
 def test_vae_pretrained_config_field_puts_that_vae_into_training(tiny_workdirs):
   config = testing.tiny_config("two_step", tiny_workdirs["data"],
                                vae_pretrained=tiny_workdirs["vae_finetune"])
-  models = models_lib.build_models(config, vocab_size=1000)
+  models = loading.build_models(config, vocab_size=1000)
   _, finetuned = loading.load_vae(tiny_workdirs["vae_finetune"])
   assert_same_params(models.vae_params, finetuned)
 
@@ -120,6 +121,6 @@ def test_clear_errors_name_the_source(tiny_workdirs, tmp_path):
 
 def test_reading_a_checkpoint_prints_no_orbax_warnings(tiny_workdirs, caplog):
   with caplog.at_level("INFO"):
-    arrays = loading.restore_arrays(tiny_workdirs["two_step"], 1, ("step",))
+    arrays = workdir_lib.restore_arrays(tiny_workdirs["two_step"], 1, ("step",))
   assert int(arrays["step"]) == 1
   assert not [r for r in caplog.records if "orbax" in r.pathname], caplog.text

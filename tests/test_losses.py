@@ -256,13 +256,13 @@ def test_train_step_timesteps_leave_room_for_the_stride(second_t):
   """The step's random inputs draw t ≥ stride + min_t for BOTH options (each re-noises at
   t − stride), so t' never goes below min_t; the standard loss uses every t."""
   from configs import two_step, standard  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import steps  # pylint: disable=import-outside-toplevel
+  from seamless_jax import objectives  # pylint: disable=import-outside-toplevel
   c = two_step.get_config("tiny")
   c.two_step.second_t, c.two_step.stride, c.two_step.min_t = second_t, 20, 3
-  rand = steps.make_random_inputs(c, jax.random.PRNGKey(0), 20000, (2, 2, 4))
+  rand = objectives.for_config(c).random_inputs(c, jax.random.PRNGKey(0), 20000, (2, 2, 4))
   assert int(rand["t"].min()) == 23 and int(rand["t"].max()) == 999
   assert rand["noise2"].shape == (20000, 2, 2, 4)
-  t_std = steps.make_random_inputs(standard.get_config("tiny"), jax.random.PRNGKey(0), 20000,
-                                   (2, 2, 4))["t"]
-  assert int(t_std.min()) == 0 and "noise2" not in steps.make_random_inputs(
-      standard.get_config("tiny"), jax.random.PRNGKey(0), 2, (2, 2, 4))
+  c_std = standard.get_config("tiny")
+  draw = lambda n: objectives.for_config(c_std).random_inputs(c_std, jax.random.PRNGKey(0), n,
+                                                               (2, 2, 4))
+  assert int(draw(20000)["t"].min()) == 0 and "noise2" not in draw(2)

@@ -3,6 +3,7 @@
 import pytest
 
 from configs import default, standard, two_step, vae_finetune
+from seamless_jax import objectives
 from seamless_jax.train import config_check
 from seamless_jax import build as models_lib
 
@@ -11,7 +12,7 @@ from seamless_jax import build as models_lib
 @pytest.mark.parametrize("variant", ["sd15", "tiny", "demo"])
 def test_variants_load(module, variant):
   c = module.get_config(variant)
-  assert c.mode in config_check.MODES
+  assert c.mode in objectives.MODES
   for field in ("pretrained", "batch_size", "total_steps", "learning_rate", "warmup_steps",
                 "grad_accum_steps", "max_grad_norm", "ema_decay", "seed", "log_every",
                 "checkpoint_every", "sample_every", "keep_checkpoints", "dtype", "remat",

@@ -14,7 +14,7 @@ from seamless_jax import convert
 from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel, presets
 from seamless_jax.data import pipeline
 import tiny
-from seamless_jax.train import loop
+from seamless_jax.train import trainer as trainer_lib
 from seamless_jax.runtime import sharding as shd
 
 
@@ -51,7 +51,7 @@ def test_two_step_trains_from_a_diffusers_folder(pretrained_dir):
   config.data.worker_count = 0
   config.data.tokenizer_dir = ""  # taken from pretrained/tokenizer
 
-  trainer = loop.setup(config)
+  trainer = trainer_lib.setup(config)
   start = _flat(trainer.state.params)
   saved = _flat(pipe.unet_params)
   assert start.keys() == saved.keys()
@@ -67,7 +67,7 @@ def test_two_step_trains_from_a_diffusers_folder(pretrained_dir):
   batch = {k: np.asarray(v) for k, v in next(it).items() if k != "num_skipped"}
   state, metrics = trainer.step_fn(trainer.state, trainer.frozen,
                                    shd.shard_batch(batch, trainer.mesh))
-  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss2"]) > 0
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_second_step"]) > 0
   assert int(state.step) == 1 and int(metrics["skipped"]) == 0
   moved = _flat(state.params)
   assert any(not np.array_equal(moved[k], saved[k]) for k in saved)
@@ -77,4 +77,4 @@ def test_missing_pretrained_folder_is_named(tmp_path):
   config = two_step.get_config("sd15")
   config.pretrained = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"config.pretrained=.*nowhere.* is not a folder"):
-    loop.setup(config)
+    trainer_lib.setup(config)

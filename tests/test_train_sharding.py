@@ -24,7 +24,7 @@ def _run_checks(data_dir: str, ckpt_dir: str) -> dict:
   from seamless_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   import tiny  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from seamless_jax.train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   from seamless_jax.runtime import sharding as shd  # pylint: disable=import-outside-toplevel
   from seamless_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
 
@@ -39,7 +39,7 @@ def _run_checks(data_dir: str, ckpt_dir: str) -> dict:
                                 ("shard_map_8", 8, 1, "shard_map")):
     config = tiny.tiny_config("two_step", data_dir, parallelism=par)
     config.mesh.data, config.mesh.fsdp = data, fsdp
-    trainer = loop.setup(config)
+    trainer = trainer_lib.setup(config)
     state, losses = trainer.state, []
     for b in batches:
       state, m = trainer.step_fn(state, trainer.frozen, shd.shard_batch(b, trainer.mesh))

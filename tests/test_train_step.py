@@ -8,6 +8,7 @@ import pytest
 
 from seamless_jax.data import pipeline
 from seamless_jax.train import loop
+from seamless_jax.train import trainer as trainer_lib
 from seamless_jax.runtime import sharding as shd
 from seamless_jax.train import steps as steps_lib
 import tiny
@@ -21,7 +22,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trainer(data_dir):
   """One tiny two_step trainer shared by the tests that only call its step (compiles once)."""
-  return loop.setup(tiny.tiny_config("two_step", data_dir))
+  return trainer_lib.setup(tiny.tiny_config("two_step", data_dir))
 
 
 def _batches(config, n, seed=0):
@@ -79,7 +80,7 @@ def test_grad_accumulation_matches_full_batch(trainer):
   batch = _batches(trainer.config, 1)[0]
   _, m1 = trainer.step_fn(_fresh(trainer), trainer.frozen, shd.shard_batch(batch, trainer.mesh))
   config = tiny.tiny_config("two_step", trainer.config.data.path, grad_accum_steps=2)
-  accum = loop.setup(config)
+  accum = trainer_lib.setup(config)
   _, m2 = accum.step_fn(accum.state, accum.frozen, shd.shard_batch(batch, accum.mesh))
   assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5)
   assert float(m1["grad_norm"]) == pytest.approx(float(m2["grad_norm"]), rel=1e-4)
@@ -111,7 +112,7 @@ def test_uint8_batch_trains_like_its_float_version(trainer):
 def test_bfloat16_frozen_params_halve_their_size_and_keep_the_loss(trainer, data_dir):
   """config.frozen_dtype='bfloat16': frozen VAE/text leaves are bf16 (trainable ones and the
   float32 trainer's frozen ones are not) and the first loss is within 1 % of float32's."""
-  low = loop.setup(tiny.tiny_config("two_step", data_dir, frozen_dtype="bfloat16"))
+  low = trainer_lib.setup(tiny.tiny_config("two_step", data_dir, frozen_dtype="bfloat16"))
   floats = lambda tree: [x.dtype for x in jax.tree_util.tree_leaves(tree)
                          if jnp.issubdtype(x.dtype, jnp.floating)]
   assert set(floats(low.frozen)) == {jnp.dtype(jnp.bfloat16)}
@@ -125,7 +126,7 @@ def test_bfloat16_frozen_params_halve_their_size_and_keep_the_loss(trainer, data
 
 def test_vae_finetune_step_trains_decoder_only(data_dir):
   config = tiny.tiny_config("vae_finetune", data_dir, vae__disc_start=0)
-  trainer = loop.setup(config)
+  trainer = trainer_lib.setup(config)
   assert set(trainer.state.params) == {"vae", "logvar", "disc"}
   assert set(trainer.state.params["vae"]) == {"decoder", "post_quant_conv"}
   assert "encoder" in trainer.frozen["vae"]
@@ -192,6 +193,6 @@ def test_nonfinite_streak_stops_run_keeping_last_good_checkpoint(data_dir, tmp_p
                                log_every=1, max_nonfinite_steps=3)
   workdir = str(tmp_path / "run")
   with pytest.raises(loop.NonFiniteError, match="3 non-finite steps in a row.*step 4"):
-    loop.train_and_evaluate(config, workdir)
+    loop.train(config, workdir)
   from seamless_jax.train import checkpoint as ckpt_lib
   assert ckpt_lib.Checkpointer(workdir).all_steps() == [2, 4]  # none saved during the streak

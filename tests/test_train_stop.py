@@ -16,6 +16,7 @@ import time
 import pytest
 
 import tiny
+from seamless_jax import workdir as workdir_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +69,7 @@ def finished_run(data_dir, tmp_path_factory):
   proc = _run(data_dir, workdir, "--config.total_steps=2", "--config.checkpoint_every=1",
               "--config.log_every=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert ckpt_lib.saved_steps(workdir) == [1, 2]
+  assert workdir_lib.saved_steps(workdir) == [1, 2]
   return workdir, proc.stderr
 
 
@@ -108,7 +109,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous(finished_run, data_
   warnings = [line for line in proc.stderr.splitlines() if "is damaged" in line]
   assert len(warnings) == 1 and "step 2" in warnings[0] and "resumed from step 1" in warnings[0]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", "2"))
-  assert ckpt_lib.saved_steps(workdir) == [1, 2, 3]  # 2 and 3 trained again from step 1
+  assert workdir_lib.saved_steps(workdir) == [1, 2, 3]  # 2 and 3 trained again from step 1
   assert _steps_logged(workdir) == [1, 2, 2, 3]
 
 
@@ -132,7 +133,7 @@ def test_ctrl_c_saves_and_exits_0(data_dir, tmp_path):
       pass
   assert proc.returncode == 0, stderr[-3000:]
   assert "KeyboardInterrupt" not in stderr and "SIGINT" in stderr
-  steps = ckpt_lib.saved_steps(workdir)
+  steps = workdir_lib.saved_steps(workdir)
   assert len(steps) == 1 and steps[0] >= 1
   assert max(_steps_logged(workdir)) <= steps[0]
 
@@ -166,7 +167,7 @@ def test_bad_data_limit_saves_first_and_lists_each_bad_file_once(data_dir, tmp_p
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   message = proc.stderr[proc.stderr.rindex("error: "):]
-  steps = ckpt_lib.saved_steps(workdir)
+  steps = workdir_lib.saved_steps(workdir)
   assert len(steps) == 1 and steps[0] >= 1 and f"stopped at step {steps[0]}" in message
   for name in ("truncated.jpg", "garbage.jpg", "missing_file.jpg"):
     assert message.count(name) == 1, message
@@ -201,7 +202,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(data_dir, t
   stops = [[line.split("stopping at step ")[1].split()[0] for line in err.splitlines()
             if "stopping at step " in line] for err in errs]
   assert stops[0] == stops[1] and len(stops[0]) == 1, stops
-  steps = ckpt_lib.saved_steps(workdir)
+  steps = workdir_lib.saved_steps(workdir)
   assert steps == [int(stops[0][0])]
   data = os.listdir(os.path.join(workdir, "checkpoints", str(steps[0]), "data"))
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data)

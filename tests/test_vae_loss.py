@@ -289,10 +289,10 @@ def vae_trainers(tmp_path_factory):
   and ``vae.disc_factor=0`` (GAN never on); both with ``ema_decay=0.9``."""
   import tiny  # pylint: disable=import-outside-toplevel
   from seamless_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from seamless_jax.train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
   data = tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
-  later = loop.setup(tiny.tiny_config("vae_finetune", data, vae__disc_start=2, ema_decay=0.9))
-  never = loop.setup(tiny.tiny_config("vae_finetune", data, vae__disc_start=0,
+  later = trainer_lib.setup(tiny.tiny_config("vae_finetune", data, vae__disc_start=2, ema_decay=0.9))
+  never = trainer_lib.setup(tiny.tiny_config("vae_finetune", data, vae__disc_start=0,
                                       vae__disc_factor=0.0, ema_decay=0.9))
   it = iter(pipeline.make_dataset(later.config.data, batch_size=later.config.batch_size, seed=0))
   batches = [{k: np.asarray(v) for k, v in next(it).items() if k != "num_skipped"}
@@ -318,7 +318,7 @@ def test_vae_step_before_disc_start_equals_disc_factor_zero(vae_trainers):
   later, never, batches = vae_trainers
   run_later, run_never = _run(later, batches), _run(never, batches)
   for (s_a, m_a), (s_b, m_b) in zip(run_later[:2], run_never[:2]):  # steps 0, 1 < disc_start
-    for k in ("g_loss", "d_weight", "loss2"):
+    for k in ("g_loss", "d_weight", "d_loss"):
       assert m_a[k] == m_b[k] == 0.0, k
     np.testing.assert_allclose(m_a["loss"], m_b["loss"], rtol=1e-6)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(s_a),
@@ -326,7 +326,7 @@ def test_vae_step_before_disc_start_equals_disc_factor_zero(vae_trainers):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8, err_msg=str(path))
   # Step 2 = disc_start: the GAN switches on (weight, g, discriminator update).
   (s_a, m_a), (s_b, _) = run_later[2], run_never[2]
-  assert m_a["d_weight"] > 0 and m_a["g_loss"] != 0 and m_a["loss2"] > 0
+  assert m_a["d_weight"] > 0 and m_a["g_loss"] != 0 and m_a["d_loss"] > 0
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(s_a.params),
                                                        jax.tree_util.tree_leaves(s_b.params)))
   unchanged = jax.tree_util.tree_leaves(never.state.params["disc"])
@@ -360,15 +360,15 @@ def test_vae_step_backpropagates_through_the_vae_once(vae_trainers):
   """The adaptive weight comes from the last layer's gradients: the generator+discriminator
   gradient costs about ONE backward pass (≤ 1.1× plain ``jax.grad`` of the total loss with the
   weight fixed, plus the discriminator update), not two full VJPs (≥ 1.26× here)."""
-  from seamless_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  from seamless_jax.train import steps  # pylint: disable=import-outside-toplevel
+  from seamless_jax.objectives import vae_finetune  # pylint: disable=import-outside-toplevel
   later, _, batches = vae_trainers
   config, vae = later.config, later.models.vae
-  disc = state_lib.make_discriminator(config)
+  disc = vae_finetune.make_discriminator(config)
   lpips_fn = lambda a, b: jnp.zeros((a.shape[0],))
   batch = {k: jnp.asarray(v) for k, v in batches[0].items()}
   key, step = jax.random.PRNGKey(0), jnp.int32(5)
-  ours = steps.make_vae_grads(config, later.models, lambda frozen: lpips_fn)
+  ours = vae_finetune.VaeFinetune().make_grads(config, later.models, None,
+                                               lambda frozen: lpips_fn)
 
   def one_backward(params, frozen, batch):
     x, keep = batch["image"], batch["keep"]

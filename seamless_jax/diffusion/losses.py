@@ -45,6 +45,7 @@ from seamless_jax.diffusion import schedule as sched
 from seamless_jax.diffusion.blending import blend, latent_keep
 
 MIN_SIGMA = 1e-2
+SECOND_T = ("prev", "same")  # the timestep input of the second call (two_step_loss)
 Array = jnp.ndarray
 
 
@@ -122,7 +123,7 @@ def two_step_loss(v_fn: Callable, z0, z0_known, keep, t, noise1, noise2, alphas_
     ``loss2_per_sample`` (B,), ``t_prev`` (B,) the re-noising timestep t', ``t_model2`` (B,)
     the timestep fed to the second model call, ``z0_hat`` (the blended ẑ0, (B, h, w, 4)).
   """
-  if second_t not in ("prev", "same"):
+  if second_t not in SECOND_T:
     raise ValueError(f"second_t must be 'prev' or 'same', got {second_t!r}")
   ac = _f32(alphas_cumprod)
   z0, z0_known, keep = _f32(z0), _f32(z0_known), _f32(keep)

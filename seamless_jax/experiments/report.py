@@ -23,8 +23,9 @@ PAPER_TABLE4 = {"base": (18.466, 5.367, 15.735), "vae_only": (16.835, 5.725, 15.
 RUN_CURVES = (("base_vae", "Base VAE (plain reconstruction): L1", ("l1",)),
               ("base_unet", "Base UNet (standard v-prediction)", ("loss",)),
               ("eq6_vae", "Eq. 6 decoder fine-tune: L1 of Eq. 6 blends", ("l1",)),
-              ("standard", "UNet fine-tune: standard", ("loss1", "loss")),
-              ("two_step", "UNet fine-tune: two-step", ("loss1", "loss2", "loss")))
+              ("standard", "UNet fine-tune: standard", ("loss",)),
+              ("two_step", "UNet fine-tune: two-step",
+               ("loss_first_step", "loss_second_step", "loss")))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -83,8 +84,8 @@ def plot_curves(paths, out_path: str) -> list[str]:
   by_stage = {r[0]: r[3] for r in runs}
   if {"standard", "two_step"} <= set(by_stage):
     ax = axes[used]
-    for stage in ("standard", "two_step"):
-      pts = [(r["step"], r["loss1"]) for r in by_stage[stage] if "loss1" in r]
+    for stage, key in (("standard", "loss"), ("two_step", "loss_first_step")):  # L1 of each
+      pts = [(r["step"], r[key]) for r in by_stage[stage] if key in r]
       if pts:
         steps, values = map(np.asarray, zip(*pts))
         window = max(1, len(values) // 10)

@@ -30,24 +30,11 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-DAMAGED = "damaged"  # sub-folder of checkpoints/ for steps that failed to restore
+from seamless_jax import workdir as workdir_lib
 
 
 class CheckpointError(RuntimeError):
   """No checkpoint in the workdir can be restored; the message is one line for the user."""
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """``workdir/checkpoints`` (absolute for local paths, unchanged for ``gs://...``)."""
-  if "://" not in workdir:
-    workdir = os.path.abspath(workdir)
-  return os.path.join(workdir, "checkpoints")
-
-
-def saved_steps(workdir: str) -> list[int]:
-  """Finalized checkpoint steps in ``workdir`` (ascending), read from the folder names only:
-  cheap, builds nothing (used to skip all setup when nothing is left to train)."""
-  return sorted(ocp.step.checkpoint_steps(checkpoint_dir(workdir)))
 
 
 def any_process(*flags: bool) -> tuple[bool, ...]:
@@ -74,7 +61,7 @@ class Checkpointer:
   """``CheckpointManager`` for items ``state`` and ``data`` (keeps the newest ``keep``)."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = checkpoint_dir(workdir)
+    self.directory = workdir_lib.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(keep), create=True, enable_async_checkpointing=bool(async_save))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -140,7 +127,7 @@ class Checkpointer:
   def _move_aside(self, step: int, error, *, resumed: int) -> None:
     """Moves ``checkpoints/<step>`` to ``checkpoints/damaged/<step>[-<time>]`` (process 0)."""
     source = epath.Path(self.directory) / str(step)
-    target = epath.Path(self.directory) / DAMAGED / str(step)
+    target = epath.Path(self.directory) / workdir_lib.DAMAGED / str(step)
     if target.exists():
       target = target.parent / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0:

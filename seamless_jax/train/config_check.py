@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import os
 
-from seamless_jax.models.layers import REMAT_POLICIES
-from seamless_jax import build as models_lib
+from seamless_jax import build
+from seamless_jax import objectives
+from seamless_jax.diffusion import blending
+from seamless_jax.diffusion import losses
+from seamless_jax.models import attention
+from seamless_jax.models import layers
+from seamless_jax.train import state
+from seamless_jax.train import steps
 
-MODES = ("vae_finetune", "two_step", "standard")
+# Each choice list is defined where it is implemented.
 CHOICES = {
-    "mode": MODES,
-    "model": ("sd15", "tiny"),
-    "dtype": ("bfloat16", "float32", "float16"),
-    "parallelism": ("jit", "shard_map"),
-    "lr_schedule": ("cosine", "constant"),
-    "attention": ("", "xla", "cudnn", "pallas"),
-    "remat_policy": tuple(REMAT_POLICIES),
-    "frozen_dtype": ("float32", "bfloat16"),
-    "two_step.second_t": ("prev", "same"),
-    "two_step.keep_method": ("nearest", "nearest_corner", "area", "min", "max"),
+    "mode": objectives.MODES,
+    "model": build.MODELS,
+    "dtype": tuple(build.DTYPES),
+    "parallelism": steps.PARALLELISMS,
+    "lr_schedule": state.LR_SCHEDULES,
+    "attention": attention.IMPLEMENTATIONS,
+    "remat_policy": tuple(layers.REMAT_POLICIES),
+    "frozen_dtype": build.FROZEN_DTYPES,
+    "two_step.second_t": losses.SECOND_T,
+    "two_step.keep_method": blending.KEEP_METHODS,
 }
 POSITIVE = ("batch_size", "total_steps", "grad_accum_steps", "log_every", "keep_checkpoints",
             "max_nonfinite_steps", "sample.num_images", "sample.num_inference_steps")
-SD_SUBFOLDERS = ("unet", "vae", "text_encoder")  # of a diffusers SD-1.5 folder we read
 
 
 class ConfigError(ValueError):
@@ -72,42 +77,36 @@ def validate(config, num_devices: int | None = None, *, shapes_only: bool = Fals
     raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by "
                       f"config.grad_accum_steps={config.grad_accum_steps}")
   if num_devices is not None:
-    micro = config.batch_size // config.grad_accum_steps
-    if micro % num_devices:
-      raise ConfigError(f"config.batch_size / config.grad_accum_steps = {micro} is not divisible "
-                        f"by the {num_devices} devices")
+    check_device_count(config, num_devices)
   if config.model == "sd15" and not shapes_only:
     if not config.pretrained:
       raise ConfigError("config.pretrained must name an SD-1.5 diffusers folder for "
                         "config.model='sd15' (or use a ':tiny'/':demo' config variant)")
     if not os.path.isdir(config.pretrained):
       raise ConfigPathError(f"config.pretrained={config.pretrained!r} is not a folder")
-    needed = [sub for sub in SD_SUBFOLDERS if sub != "unet" or config.mode != "vae_finetune"]
+    needed = objectives.for_config(config).pretrained_parts
     missing = [sub for sub in needed if not os.path.isdir(os.path.join(config.pretrained, sub))]
     if missing:
       raise ConfigPathError(
           f"config.pretrained={config.pretrained!r} is a folder but not a diffusers SD-1.5 "
           f"folder: it has no {'/, '.join(missing)}/ (expected unet/ vae/ text_encoder/ "
           f"tokenizer/, e.g. a download of stable-diffusion-v1-5)")
-  if config.mode == "vae_finetune":
-    if config.vae.lpips_weight > 0 and not config.vae.lpips_path and not shapes_only:
-      raise ConfigError("config.vae.lpips_weight > 0 needs config.vae.lpips_path (converted "
-                        "LPIPS weights, tools/convert_lpips.py); set lpips_weight=0 to train "
-                        "without LPIPS")
-    if config.vae.lpips_path and not os.path.isfile(config.vae.lpips_path) and not shapes_only:
-      raise ConfigPathError(f"config.vae.lpips_path={config.vae.lpips_path!r} does not exist")
-    if config.parallelism == "shard_map":
-      raise ConfigError("config.parallelism='shard_map' supports the diffusion modes only; the "
-                        "VAE discriminator uses whole-batch statistics: use 'jit'")
-  if config.mode == "two_step":  # both second_t options re-noise at t − stride
-    lowest = config.two_step.stride + config.two_step.min_t
-    if lowest >= config.schedule.num_train_timesteps:
-      raise ConfigError(f"config.two_step.stride + config.two_step.min_t = {lowest} leaves no "
-                        f"timestep below {config.schedule.num_train_timesteps}")
+  problem = objectives.for_config(config).config_problem(config, shapes_only=shapes_only)
+  if problem:
+    message, is_path = problem
+    raise (ConfigPathError if is_path else ConfigError)(message)
   if (not config.data.path and not config.demo_data and config.data.source != "tfds"
       and not shapes_only):
     raise ConfigError("config.data.path is empty: point it at the training data "
                       "(or set config.demo_data=True for the bundled demo photos)")
+
+
+def check_device_count(config, num_devices: int) -> None:
+  """The micro-batch splits evenly over ``num_devices`` (:class:`ConfigError` otherwise)."""
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % num_devices:
+    raise ConfigError(f"config.batch_size / config.grad_accum_steps = {micro} is not divisible "
+                      f"by the {num_devices} devices")
 
 
 def check_paths(config) -> None:
@@ -121,7 +120,7 @@ def check_paths(config) -> None:
   if data.source == "folder" and data.path and "://" not in data.path:
     if not os.path.isdir(data.path):
       raise ConfigPathError(f"config.data.path={data.path!r} is not a folder")
-  tokenizer = models_lib.tokenizer_dir(config)
+  tokenizer = build.tokenizer_dir(config)
   if tokenizer and os.path.isdir(tokenizer):
     return
   if data.tokenizer_dir:

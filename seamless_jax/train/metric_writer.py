@@ -45,9 +45,12 @@ def quiet_library_logs() -> None:
 class MetricWriter:
   """Writes scalars to ``workdir/tensorboard`` (tensorboardX), ``workdir/metrics.jsonl``, stdout."""
 
-  def __init__(self, workdir: str, total_steps: int, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, total_steps: int, *, terms: tuple[str, ...] = (),
+               enabled: bool | None = None):
+    """``terms``: the objective's loss terms the progress line shows after ``loss``."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.total_steps = int(total_steps)
+    self.terms = tuple(terms)
     self.workdir = workdir
     self._tb = None
     self._jsonl = None
@@ -59,7 +62,7 @@ class MetricWriter:
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items() if v is not None}
-    logging.info("%s", progress_line(step, self.total_steps, scalars))
+    logging.info("%s", progress_line(step, self.total_steps, scalars, self.terms))
     if not self.enabled:
       return
     for name, value in scalars.items():
@@ -85,9 +88,11 @@ class MetricWriter:
       self._jsonl.close()
 
 
-def progress_line(step: int, total: int, scalars: dict[str, float]) -> str:
+def progress_line(step: int, total: int, scalars: dict[str, float],
+                  terms: tuple[str, ...] = ()) -> str:
+  """``step n/N (p%) | loss x | <terms> | grad_norm | lr | speed | ETA | MFU | skips``."""
   parts = [f"step {step}/{total} ({100.0 * step / max(total, 1):.1f}%)"]
-  for name in ("loss", "loss1", "loss2", "grad_norm", "lr"):
+  for name in ("loss",) + tuple(terms) + ("grad_norm", "lr"):
     if name in scalars:
       parts.append(f"{name} {scalars[name]:.4g}")
   if "steps_per_sec" in scalars:

@@ -5,12 +5,10 @@ shapes, :mod:`sharding` turns them into ``NamedSharding``s, and ``jax.jit(init,
 out_shardings=...)`` creates every array directly in its shards. Pretrained params (host numpy)
 go straight to their shards with ``jax.device_put`` and are donated to the init step.
 
-What is trainable per mode (``state.params``):
-  two_step / standard: the UNet params;
-  vae_finetune: ``{'vae': decoder + post_quant_conv (+ encoder + quant_conv with
-  vae.train_encoder), 'logvar': scalar, 'disc': PatchGAN}``.
-Everything else (VAE, text encoder, frozen VAE parts) is ``frozen``, a separate pytree that is
-rebuilt from ``config.pretrained`` / the seed at every start and not checkpointed.
+What is trainable (``state.params``) is the objective's choice (:mod:`seamless_jax.objectives`);
+everything else (VAE, text encoder, frozen VAE parts) is ``frozen``, a separate pytree that is
+rebuilt from ``config.pretrained`` / the seed at every start (:mod:`seamless_jax.build`) and
+not checkpointed.
 """
 
 from __future__ import annotations
@@ -23,11 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seamless_jax.models.discriminator import NLayerDiscriminator
-from seamless_jax.runtime import compilation
+from seamless_jax import build
+from seamless_jax import objectives
 from seamless_jax.runtime import sharding as shd
-
-VAE_DECODER_PARTS = ("decoder", "post_quant_conv")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -50,6 +46,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 # ============================================================================ optimizer
+
+LR_SCHEDULES = ("cosine", "constant")  # config.lr_schedule: see learning_rate_schedule
 
 def learning_rate_schedule(config) -> optax.Schedule:
   """Linear warmup to ``learning_rate`` then cosine to ``end_lr_factor·lr`` (or constant).
@@ -75,18 +73,13 @@ def _decay_mask(params):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW(schedule) with global-norm clipping; in vae_finetune mode the discriminator has its
-  own Adam (``vae.disc_learning_rate``) through ``optax.multi_transform``."""
+  """Global-norm clipping, then the objective's AdamW groups (one AdamW on the learning-rate
+  schedule; vae_finetune gives the discriminator its own)."""
   def adamw(schedule):
     return optax.adamw(schedule, b1=float(config.adam_b1), b2=float(config.adam_b2),
                        weight_decay=float(config.weight_decay), mask=_decay_mask)
 
-  main = adamw(learning_rate_schedule(config))
-  if config.mode == "vae_finetune":
-    disc = adamw(float(config.vae.disc_learning_rate))
-    main = optax.multi_transform(
-        {"gen": main, "disc": disc},
-        lambda params: {k: ("disc" if k == "disc" else "gen") for k in params})
+  main = objectives.for_config(config).optimizer(config, adamw, learning_rate_schedule(config))
   if float(config.max_grad_norm) > 0:
     return optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), main)
   return main
@@ -111,85 +104,7 @@ def ema_update(ema, params, decay: float, count):
   return optax.incremental_update(params, ema, 1.0 - ema_decay_at(decay, count))
 
 
-# ============================================================================ param trees
-
-def split_vae_params(vae_params: dict, train_encoder: bool) -> tuple[dict, dict]:
-  """VAE param tree -> (trainable, frozen) by top-level module name."""
-  trainable_names = set(vae_params) if train_encoder else set(VAE_DECODER_PARTS)
-  missing = set(VAE_DECODER_PARTS) - set(vae_params)
-  if missing:
-    raise ValueError(f"VAE params lack {sorted(missing)}; top-level names: {sorted(vae_params)}")
-  trainable = {k: v for k, v in vae_params.items() if k in trainable_names}
-  frozen = {k: v for k, v in vae_params.items() if k not in trainable_names}
-  return trainable, frozen
-
-
-def make_discriminator(config) -> NLayerDiscriminator:
-  return NLayerDiscriminator(n_layers=int(config.vae.disc_layers))
-
-
-def cast_frozen(config, frozen):
-  """``frozen`` with its float leaves in ``config.frozen_dtype`` ('bfloat16' halves the frozen
-  VAE/text encoder's memory and reads; the modules compute in ``config.dtype`` either way)."""
-  dtype = jnp.dtype(config.get("frozen_dtype", "float32"))
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      frozen)
-
-
-def _random_params(config, models, key) -> tuple[Any, Any]:
-  """(trainable, frozen) params for ``config.mode`` (traceable): pretrained where given, random
-  otherwise; ``frozen`` in ``config.frozen_dtype``."""
-  trainable, frozen = _trainable_and_frozen(config, models, key)
-  return trainable, cast_frozen(config, frozen)
-
-
-def _trainable_and_frozen(config, models, key) -> tuple[Any, Any]:
-  k_unet, k_vae, k_text, k_disc = jax.random.split(key, 4)
-  vae_params = (models.vae_params if models.vae_params is not None
-                else models.vae.init(k_vae, *models.vae.dummy_inputs())["params"])
-  if config.mode == "vae_finetune":
-    trainable, frozen_vae = split_vae_params(vae_params, bool(config.vae.train_encoder))
-    size = int(config.data.resolution)
-    disc = make_discriminator(config).init(k_disc, jnp.zeros((1, size, size, 3)))["params"]
-    params = {"vae": trainable, "logvar": jnp.zeros((), jnp.float32), "disc": disc}
-    return params, {"vae": frozen_vae}
-  text_params = (models.text_params if models.text_params is not None
-                 else models.text.init(k_text, *models.text.dummy_inputs())["params"])
-  unet_params = (models.unet_params if models.unet_params is not None
-                 else models.unet.init(k_unet, *models.unet.dummy_inputs())["params"])
-  return unet_params, {"vae": vae_params, "text": text_params}
-
-
 # ============================================================================ creation
-
-def init_keys(config) -> tuple[jax.Array, jax.Array]:
-  """``(init_key, rng)``: the key that initialises random params and the state's base key."""
-  return tuple(jax.random.split(jax.random.PRNGKey(int(config.seed))))
-
-
-def initial_frozen_params(config, models) -> Any:
-  """``frozen`` exactly as training starts it (the parts that are never checkpointed).
-
-  Random parts come from the same key as in :func:`create_train_state`, so a tiny model's
-  frozen VAE/text encoder is rebuilt bit-for-bit from ``config.seed``; the trainable params
-  are neither initialised nor moved to the device (a restore supplies them).
-  """
-  init_key, _ = init_keys(config)
-  host = {"vae": models.vae_params, "text": models.text_params}
-  host = {k: v for k, v in host.items() if v is not None}
-
-  def init(key, pretrained):  # compiled as in create_train_state (other options round differently)
-    m = dataclasses.replace(_with_params(models, pretrained), unet_params={})  # skip UNet init
-    return _random_params(config, m, key)[1]
-  return compile_init(jax.jit(init), init_key, host)(init_key, host)
-
-
-def compile_init(init_jit, *args):
-  """The jitted random init compiled for ``args`` with :func:`compilation.run_once_options`
-  (training and :func:`initial_frozen_params` must compile it alike to get the same bits)."""
-  return compilation.aot_compile(init_jit, *args, count_flops=False,
-                                 compiler_options=compilation.run_once_options()).fn
-
 
 def _new_state(params, tx, rng) -> TrainState:
   zero = jnp.zeros((), jnp.int32)
@@ -206,14 +121,14 @@ def create_train_state(config, models, mesh, tx: optax.GradientTransformation
   passed into the jitted init as (donated) arguments already placed on their shards; random
   params are created inside it. ``state_shardings`` also serves checkpoint restore.
   """
-  init_key, rng = init_keys(config)
+  init_key, rng = build.init_keys(config)
   min_size = int(config.fsdp_min_size)
-  host = _host_params(models)
+  host = build.host_params(models)
   host_dev = {k: jax.device_put(v, shd.tree_shardings(v, mesh, min_size)) for k, v in host.items()}
   init = _init_fn(config, models, tx, rng)
   _, state_shardings, _, frozen_shardings = abstract_train_state(config, models, mesh, tx)
   init_jit = jax.jit(init, out_shardings=(state_shardings, frozen_shardings), donate_argnums=1)
-  state, frozen = compile_init(init_jit, init_key, host_dev)(init_key, host_dev)
+  state, frozen = build.compile_init(init_jit, init_key, host_dev)(init_key, host_dev)
   return state, state_shardings, frozen, frozen_shardings
 
 
@@ -224,24 +139,18 @@ def abstract_train_state(config, models, mesh, tx: optax.GradientTransformation
   Returns ``(state, state_shardings, frozen, frozen_shardings)`` with ``jax.ShapeDtypeStruct``
   leaves; ``mesh`` may hold compile-only devices (a TPU topology described on a CPU machine).
   """
-  init_key, rng = init_keys(config)
+  init_key, rng = build.init_keys(config)
   min_size = int(config.fsdp_min_size)
   state, frozen = jax.eval_shape(_init_fn(config, models, tx, rng), init_key,
-                                 _host_params(models))
+                                 build.host_params(models))
   return (state, tree_shardings_for_state(state, mesh, min_size), frozen,
           shd.tree_shardings(frozen, mesh, min_size))
-
-
-def _host_params(models) -> dict:
-  host = {"unet": models.unet_params, "vae": models.vae_params, "text": models.text_params}
-  return {k: v for k, v in host.items() if v is not None}
 
 
 def _init_fn(config, models, tx, rng):
   """``init(key, pretrained) -> (state, frozen)``: pretrained params where given, random else."""
   def init(key, pretrained):
-    m = _with_params(models, pretrained)
-    params, frozen = _random_params(config, m, key)
+    params, frozen = build.initial_params(config, build.with_params(models, pretrained), key)
     return _new_state(params, tx, rng), frozen
   return init
 
@@ -249,12 +158,6 @@ def _init_fn(config, models, tx, rng):
 def tree_shardings_for_state(abstract_state: TrainState, mesh, min_size: int):
   """Shardings of a TrainState: scalars/rng replicated, param-shaped trees by the rules."""
   return shd.tree_shardings(abstract_state, mesh, min_size)
-
-
-def _with_params(models, pretrained: dict):
-  return dataclasses.replace(models, unet_params=pretrained.get("unet"),
-                             vae_params=pretrained.get("vae"),
-                             text_params=pretrained.get("text"))
 
 
 def abstract_with_shardings(tree, shardings):
