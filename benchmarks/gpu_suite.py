@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # configs/, seamless_jax
+sys.path.insert(0, os.path.dirname(HERE))  # seamless_jax from the checkout
 sys.path.insert(0, HERE)                    # train_step.py, sampler.py (benchmarks/)
 
 RESULT = "RESULT "

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/
+sys.path.insert(0, ROOT)  # seamless_jax from the checkout, installed or not
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # tiny.py: the tests' tiny configs
 
 import tiny  # pylint: disable=wrong-import-position

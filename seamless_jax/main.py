@@ -34,6 +34,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from seamless_jax import config_files
 from seamless_jax.data import pipeline
 from seamless_jax.train import checkpoint
 from seamless_jax.train import config_check
@@ -58,18 +59,9 @@ USER_ERRORS = (config_check.ConfigError, checkpoint.CheckpointError, pipeline.Ba
 EXIT_ERROR, EXIT_ABORTED = 1, 130
 
 
-def configs_dir() -> str | None:
-  """The checkout's ``configs/`` (next to the package, else under the working directory)."""
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for folder in (os.path.join(os.getcwd(), "configs"), os.path.join(here, "configs")):
-    if os.path.isfile(os.path.join(folder, "default.py")):
-      return folder
-  return None
-
-
-def config_files() -> list[tuple[str, str]]:
+def listed_configs() -> list[tuple[str, str]]:
   """``(path as given to --config, first docstring line)`` for each mode config."""
-  folder = configs_dir()
+  folder = config_files.configs_dir()
   if folder is None:
     return []
   found = []
@@ -85,7 +77,7 @@ def config_files() -> list[tuple[str, str]]:
 
 def help_text() -> str:
   lines = [__doc__.strip(), "", "Configs (--config=PATH[:VARIANT]):"]
-  configs = config_files()
+  configs = listed_configs()
   lines += [f"  {path}\n      {doc}" for path, doc in configs] or [
       "  (no configs/ folder here: run from the repository checkout)"]
   lines += ["", "Variants (the part after ':'):"]
@@ -151,7 +143,7 @@ def load_config():
     return config
   except OSError as e:
     path = config_flags.get_config_filename(FLAGS["config"])
-    known = ", ".join(p for p, _ in config_files())
+    known = ", ".join(p for p, _ in listed_configs())
     if not os.path.isfile(path):
       fail(f"--config: no such file {path!r}" + (f" (configs: {known})" if known else ""))
     fail(f"--config: {_flag_error_message(e)}")

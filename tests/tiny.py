@@ -1,8 +1,9 @@
 """Tiny configs for tests and benchmarks: fast CPU runs on a small image folder.
 
-Lives in tests/ (not in the package) because it imports the repository's ``configs/``, which
-the installed package does not ship. Tests import it as ``import tiny`` (pytest puts tests/ on
-``sys.path``); benchmarks add tests/ to ``sys.path`` first.
+Lives in tests/ (not in the package) because it reads the repository's ``configs/``, which
+the installed package does not ship (loaded by path: ``seamless_jax.config_files``). Tests import
+it as ``import tiny`` (pytest puts tests/ on ``sys.path``); benchmarks add tests/ to
+``sys.path`` first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 
 import ml_collections
 
-from configs import standard, two_step, vae_finetune
+from seamless_jax import config_files
 
 
 def write_tiny_data(folder: str, resolution: int = 32) -> str:
@@ -25,8 +26,9 @@ def write_tiny_data(folder: str, resolution: int = 32) -> str:
 def tiny_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """``configs/<mode>.py:tiny`` pointed at ``data_dir``; ``overrides`` as dotted keys
   (``{'two_step.weight': 1.0}`` may be given as ``two_step__weight=1.0``)."""
-  module = {"two_step": two_step, "standard": standard, "vae_finetune": vae_finetune}[mode]
-  config = module.get_config("tiny")
+  if mode not in ("two_step", "standard", "vae_finetune"):
+    raise KeyError(mode)
+  config = config_files.load(mode, "tiny")
   config.data.path = data_dir
   config.data.tokenizer_dir = os.path.join(data_dir, "tokenizer")
   config.data.shuffle = True

@@ -201,7 +201,7 @@ def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict
   from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
   starts = {"base_vae": paths.init, "base_unet": paths.init}
   config = scales_lib.stage_config(
-      scale, stage, configs_dir=args.configs or scales_lib.default_configs_dir(),
+      scale, stage, configs_dir=args.configs or None,
       pretrained=starts.get(stage, paths.base), train_data=paths.train_data,
       tokenizer_dir=paths.tokenizer(),
       vae_pretrained=paths.base_vae if stage == "base_unet" else "",

@@ -7,18 +7,18 @@ starts from a pretrained SD-1.5 diffusers folder with the paper's settings
 (``configs/*.py:sd15``).
 
 The training configs are the repository's mode configs (``configs/vae_finetune.py``,
-``configs/two_step.py``, ``configs/standard.py``) loaded by path, as ``seamless_jax.main`` does,
-with the scale's fields set on top (:func:`stage_config`).
+``configs/two_step.py``, ``configs/standard.py``) loaded by path
+(:func:`seamless_jax.config_files.load`, as ``--config=`` does), with the scale's fields set on
+top (:func:`stage_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 
 import ml_collections
 
+from seamless_jax import config_files
 from seamless_jax.models import presets
 
 # The models trained from scratch at the small scales: the SD-1.5 layout (an f8 VAE with four
@@ -121,38 +121,13 @@ def get_scale(name: str, **overrides) -> Scale:
 
 # ============================================================================ configs
 
-def default_configs_dir() -> str:
-  """The checkout's ``configs/`` (under the working directory, else beside the package)."""
-  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for folder in (os.path.join(os.getcwd(), "configs"), os.path.join(here, "configs")):
-    if os.path.isfile(os.path.join(folder, "default.py")):
-      return folder
-  raise FileNotFoundError("no configs/ folder (run from the repository checkout or give "
-                          "--configs=DIR)")
-
-
-def load_mode_config(configs_dir: str, mode: str, variant: str) -> ml_collections.ConfigDict:
-  """``configs/<mode>.py`` -> ``get_config(variant)``, loaded by path like ``--config=`` does."""
-  path = os.path.join(configs_dir, f"{mode}.py")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such config file")
-  spec = importlib.util.spec_from_file_location(f"_ablation_config_{mode}", path)
-  module = importlib.util.module_from_spec(spec)
-  import sys  # pylint: disable=import-outside-toplevel
-  parent = os.path.dirname(os.path.abspath(configs_dir))
-  if parent not in sys.path:  # the mode configs import ``configs.default``
-    sys.path.insert(0, parent)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
 # Stage name -> training mode.
 STAGE_MODES = {"base_vae": "vae_finetune", "base_unet": "standard", "eq6_vae": "vae_finetune",
                "two_step": "two_step", "standard": "standard"}
 
 
-def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
-                 train_data: str, tokenizer_dir: str, vae_pretrained: str = "",
+def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
+                 tokenizer_dir: str, configs_dir: str | None = None, vae_pretrained: str = "",
                  lpips_path: str = "", seed: int = 0,
                  data_source: str = "folder") -> ml_collections.ConfigDict:
   """The training config of ``stage`` (a key of :data:`STAGE_MODES`) at ``scale``.
@@ -161,10 +136,11 @@ def stage_config(scale: Scale, stage: str, *, configs_dir: str, pretrained: str,
   stages, the base model for the fine-tunes, SD-1.5 at ``sd15``); ``vae_pretrained``: the VAE
   the base UNet trains on. Small scales start from the ``:tiny`` variant (CPU settings) with the
   scale's models, steps and learning rates; ``sd15`` keeps the paper's ``:sd15`` settings.
+  ``configs_dir``: the folder of the mode configs (default: the checkout's ``configs/``).
   """
   mode = STAGE_MODES[stage]
   variant = "sd15" if scale.name == "sd15" else "tiny"
-  c = load_mode_config(configs_dir, mode, variant)
+  c = config_files.load(mode, variant, folder=configs_dir)
   c.model = "sd15"  # = load every part from the diffusers folder ``pretrained``
   c.pretrained = pretrained
   c.vae_pretrained = vae_pretrained
