@@ -33,7 +33,6 @@ from seamless_jax.data import transforms
 
 KINDS = ("inpaint", "outpaint")
 UNETS = ("standard", "two_step")
-VAES = ("base", "eq6")
 # Table 4 rows: (key, label, unet, vae decoder)
 COMBOS = (("base", "Base (BLD)", "standard", "base"),
           ("vae_only", "Fine-tune VAE (Eq. 6)", "standard", "eq6"),

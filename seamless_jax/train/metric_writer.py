@@ -45,10 +45,10 @@ def quiet_library_logs() -> None:
 class MetricWriter:
   """Writes scalars to ``workdir/tensorboard`` (tensorboardX), ``workdir/metrics.jsonl``, stdout."""
 
-  def __init__(self, workdir: str, total_steps: int, *, terms: tuple[str, ...] = (),
-               enabled: bool | None = None):
-    """``terms``: the objective's loss terms the progress line shows after ``loss``."""
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+  def __init__(self, workdir: str, total_steps: int, *, terms: tuple[str, ...] = ()):
+    """``terms``: the objective's loss terms the progress line shows after ``loss``. Only
+    process 0 writes."""
+    self.enabled = jax.process_index() == 0
     self.total_steps = int(total_steps)
     self.terms = tuple(terms)
     self.workdir = workdir
