@@ -95,7 +95,8 @@ def test_masks_are_deterministic_in_the_seed():
 
 
 def _hull_by_half_planes(mask):
-  """Independent hull: pixel centres inside every facet of scipy's hull of the pixel edge midpoints."""
+  """Independent hull: pixel centres inside every facet of scipy's hull of the pixels' edge
+  midpoints."""
   ys, xs = np.nonzero(mask)
   points = np.concatenate([np.stack([ys + dy, xs + dx], 1)
                            for dy, dx in ((0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5))])

@@ -190,8 +190,9 @@ def export_base_model(paths: Paths) -> None:
   if os.path.isfile(os.path.join(paths.base, "model_index.json")):
     return
   pipe = loading.load_pipeline(paths.run("base_unet"), dtype="float32")
-  convert.save_pipeline(pipe, paths.base, tokenizer_folder=paths.tokenizer(),
-                        scheduler_overrides={"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE})
+  convert.save_pipeline(
+      pipe, paths.base, tokenizer_folder=paths.tokenizer(),
+      scheduler_overrides={"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE})
 
 
 # ============================================================================ training
