@@ -6,8 +6,8 @@
 Parts, each in its own subprocess (one framework per process) with a wall-clock limit (order and
 limits: ``PLAN``; the driver also keeps the whole run under ``--budget`` seconds):
 
-* ``jax_step``: the two-step train step built as training builds it (``loop.setup`` +
-  ``loop.compile_step``), batch 8 with an empty compilation cache, then batch 8 again (a
+* ``jax_step``: the two-step train step built as training builds it (``trainer_lib.setup`` +
+  ``trainer_lib.compile_step``), batch 8 with an empty compilation cache, then batch 8 again (a
   restart: init and step come from the persistent cache), and last batch 16 (in the time left);
 * ``torch_step``: the PyTorch peer of ``benchmarks/train_step.py`` (diffusers UNet, bf16
   autocast, SDPA, fused AdamW), batch 8 and 16;

@@ -10,7 +10,7 @@ blending), backward, clipping, AdamW (the JAX step also keeps an EMA). Prints ph
 JAX side (set-up, lowering, compile), steps/s of both (median over ``--repeats`` timed windows),
 their ratio and the JAX MFU by the analytic FLOP count (:mod:`seamless_jax.runtime.flops`).
 
-The JAX side is built exactly as training builds it (``loop.setup`` + ``loop.compile_step``);
+The JAX side is built exactly as training builds it (``trainer_lib.setup`` + ``trainer_lib.compile_step``);
 ``benchmarks/gpu_suite.py`` imports :func:`jax_step_benchmark` and :func:`torch_step_benchmark`.
 On a GPU the PyTorch peer runs bf16 autocast, SDPA attention and fused AdamW.
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # tiny.py: the tests' tiny conf
 import tiny  # pylint: disable=wrong-import-position
 from seamless_jax.data import transforms  # pylint: disable=wrong-import-position
 from seamless_jax.models import presets  # pylint: disable=wrong-import-position
-from seamless_jax.train import loop  # pylint: disable=wrong-import-position
+from seamless_jax.train import trainer as trainer_lib  # pylint: disable=wrong-import-position
 from seamless_jax import build as models_lib  # pylint: disable=wrong-import-position
 from seamless_jax.runtime import sharding as shd  # pylint: disable=wrong-import-position
 
@@ -101,9 +101,9 @@ def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
                        build_models=None) -> dict:
   """Phase times and throughput of the JAX step built as training builds it.
 
-  ``build_models``: replaces ``models.build_models`` (e.g. :func:`random_models`).
+  ``build_models``: replaces ``loading.build_models`` (e.g. :func:`random_models`).
 
-  Returns ``setup_s`` (``loop.setup``: models, random init, optimizer, EMA), ``lower_s``,
+  Returns ``setup_s`` (``trainer_lib.setup``: models, random init, optimizer, EMA), ``lower_s``,
   ``compile_s``, ``first_step_s`` (set-up + lowering + compile + one step), ``steps_per_s``
   (median of ``repeats`` windows of ``steps`` steps), ``flops`` per step (all devices),
   ``mfu`` (None without a known peak), ``peak_gb``, ``temp_gb`` (the compiled step's XLA temporary
@@ -111,12 +111,12 @@ def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
   every backend, also where ``peak_gb`` is not).
   """
   if build_models is not None:
-    loop.models_lib.build_models = build_models
+    trainer_lib.loading.build_models = build_models
   t0 = time.perf_counter()
-  trainer = loop.setup(config)
+  trainer = trainer_lib.setup(config)
   jax.block_until_ready(trainer.state)
   setup_s = time.perf_counter() - t0
-  compiled = loop.compile_step(trainer)
+  compiled = trainer_lib.compile_step(trainer)
   device_batch = shd.shard_batch(batch, trainer.mesh)
   carry = {"state": None}
   carry["state"], metrics = compiled(trainer.state, trainer.frozen, device_batch)
@@ -132,8 +132,8 @@ def jax_step_benchmark(config, batch: dict, steps: int, repeats: int = 3,
     return n / (time.perf_counter() - t)
 
   rates = [run_window(steps) for _ in range(repeats)]
-  flops_per_device = loop.compiled_flops(compiled, trainer.mesh.size)
-  peak = loop.peak_flops(config)
+  flops_per_device = trainer_lib.compiled_flops(compiled, trainer.mesh.size)
+  peak = trainer_lib.peak_flops(config)
   sps = statistics.median(rates) if rates else None
   return {"setup_s": setup_s, "lower_s": compiled.lower_s, "compile_s": compiled.compile_s,
           "first_step_s": first_step_s, "steps_per_s": sps, "rates": rates,

@@ -180,7 +180,7 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:
-    result = loop.train_and_evaluate(config, FLAGS.workdir)
+    result = loop.train(config, FLAGS.workdir)
   except USER_ERRORS as e:
     fail(str(e))
   except KeyboardInterrupt:

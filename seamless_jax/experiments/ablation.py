@@ -210,7 +210,7 @@ def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict
   if args.steps:
     config.total_steps = args.steps
     config.checkpoint_every = min(int(config.checkpoint_every), args.steps)
-  return loop.train_and_evaluate(config, paths.run(stage))
+  return loop.train(config, paths.run(stage))
 
 
 def _record_time(paths: Paths, stage: str, seconds: float) -> None:
