@@ -25,12 +25,12 @@ from seamless_jax import convert
 from seamless_jax import objectives
 from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
 from seamless_jax.models import presets
+from seamless_jax.models import vae as vae_lib
 from seamless_jax.runtime import compilation
 
 MODELS = ("sd15", "tiny")  # config.model: a pretrained SD-1.5 folder, or tiny random models
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 FROZEN_DTYPES = ("float32", "bfloat16")  # config.frozen_dtype: see cast_frozen
-DEFAULT_SCALING_FACTOR = 0.18215
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ class Models:
   vae_params: Any = None
   text_params: Any = None
   unet_params: Any = None
-  scaling_factor: float = DEFAULT_SCALING_FACTOR
+  scaling_factor: float = vae_lib.SD15_SCALING_FACTOR
 
 
 def runtime_options(config) -> dict:
@@ -55,8 +55,8 @@ def runtime_options(config) -> dict:
 def _require_folder(config, sub: str) -> str:
   root = config.pretrained
   if not root:
-    raise ValueError(f"config.pretrained must name an SD-1.5 diffusers folder for model='sd15' "
-                     f"(or use a ':tiny'/':demo' config); it is empty")
+    raise ValueError("config.pretrained must name an SD-1.5 diffusers folder for model='sd15' "
+                     "(or use a ':tiny'/':demo' config); it is empty")
   path = os.path.join(root, sub)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"config.pretrained={root!r} has no {sub}/ folder (expected a "
@@ -134,7 +134,7 @@ def _modules_only(config, vocab_size) -> Models:
 
 def scaling_factor(vae) -> float:
   """The VAE config's ``scaling_factor`` (a module field; the module never applies it)."""
-  return float(getattr(vae, "scaling_factor", DEFAULT_SCALING_FACTOR))
+  return float(getattr(vae, "scaling_factor", vae_lib.SD15_SCALING_FACTOR))
 
 
 def tokenizer_dir(config) -> str:

@@ -23,10 +23,11 @@ Saving writes the same layout, loadable by ``diffusers``/``transformers``
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import re
+import shutil
+from importlib import metadata
 from typing import Any, Callable, Mapping
 
 import jax
@@ -35,7 +36,9 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
 
 # Flax submodule names of the form ``<container>_<index>`` that are PyTorch
 # ModuleLists (``<container>.<index>``). Anything else keeps its underscores
@@ -279,7 +282,6 @@ def _diffusers_header(class_name: str) -> Callable[[], dict]:
 
 
 def _package_version(name: str, fallback: str) -> str:
-  from importlib import metadata  # pylint: disable=import-outside-toplevel
   try:
     return metadata.version(name)
   except metadata.PackageNotFoundError:
@@ -287,7 +289,6 @@ def _package_version(name: str, fallback: str) -> str:
 
 
 def _formats() -> dict[str, ModelFormat]:
-  from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
   return {
       "unet": ModelFormat(UNet2DConditionModel, DIFFUSERS_WEIGHTS,
                           _diffusers_header("UNet2DConditionModel")),
@@ -403,7 +404,6 @@ def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | No
   ``scheduler_overrides`` updates the scheduler config (e.g.
   ``{'prediction_type': schedule.TRAINED_PREDICTION_TYPE}`` after two-step training).
   """
-  import shutil  # pylint: disable=import-outside-toplevel
   os.makedirs(folder, exist_ok=True)
   save_unet(pipeline.unet, pipeline.unet_params, os.path.join(folder, "unet"))
   save_vae(pipeline.vae, pipeline.vae_params, os.path.join(folder, "vae"))
@@ -435,7 +435,6 @@ def _load_tokenizer(folder: str):
   if not any(os.path.isfile(os.path.join(folder, name))
              for name in ("vocab.json", "tokenizer.json")):
     return None
-  from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
   return CLIPTokenizer.from_folder(folder)
 
 

@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 from typing import Callable
+from importlib import metadata
 
 from seamless_jax import convert
 from seamless_jax import loading
@@ -155,7 +156,6 @@ def model_index(scheduler_class: str) -> dict:
 def _diffusers_version() -> str:
   """The installed diffusers version for the folder header (none installed: an old one that
   every diffusers >= 0.30 reads)."""
-  from importlib import metadata  # pylint: disable=import-outside-toplevel
   try:
     return metadata.version("diffusers")
   except metadata.PackageNotFoundError:

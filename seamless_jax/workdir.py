@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 CONFIG_FILE = "config.json"
@@ -54,7 +55,6 @@ def saved_steps(workdir: str) -> list[int]:
   Orbax's own listing (temporary folders of unfinished saves and ``damaged/`` are not steps);
   ``[]`` when there is no ``checkpoints/`` folder.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   directory = checkpoint_dir(workdir)
   if "://" not in directory and not os.path.isdir(directory):
     return []
@@ -94,7 +94,6 @@ def choose_step(workdir: str, step: int | None) -> int:
 
 def restore_arrays(workdir: str, step: int, names: tuple[str, ...]) -> dict[str, Any]:
   """Reads only the TrainState fields ``names`` of ``step`` into host numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   path = os.path.join(checkpoint_dir(workdir), str(step), "state")
   try:
     with _orbax_warnings_off():

@@ -11,7 +11,6 @@ from seamless_jax import loading
 from seamless_jax import workdir as workdir_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import trainer as trainer_lib
-from seamless_jax import build as models_lib
 import tiny as testing
 
 from helpers import assert_same_params

@@ -8,7 +8,6 @@ import os
 import struct
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from seamless_jax.data import masks as masks_lib

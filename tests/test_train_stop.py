@@ -17,7 +17,6 @@ import pytest
 
 import tiny
 from seamless_jax import workdir as workdir_lib
-from seamless_jax.train import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

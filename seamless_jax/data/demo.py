@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-import numpy as np
+import skimage
 from PIL import Image, ImageOps
 
 from seamless_jax.data.tokenizer import write_byte_level_tokenizer
@@ -45,7 +45,6 @@ _SKLEARN_CAPTIONS = {
 
 def _shipped_photos() -> list[tuple[str, Image.Image, str]]:
   """(name, RGB image, caption) for every photo available without a download."""
-  import skimage  # pylint: disable=g-import-not-at-top
   folder = os.path.join(os.path.dirname(skimage.__file__), "data")
   photos = []
   for file_name, caption in SKIMAGE_PHOTOS.items():

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from skimage.morphology import convex_hull_image, dilation
 
 INPAINT, OUTPAINT = "inpaint", "outpaint"
 
@@ -242,7 +243,6 @@ def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
   ``skimage.morphology.convex_hull_image``: the hull of the mask pixels' edge midpoints, a pixel
   is inside when its centre is. An empty mask gives an empty hull.
   """
-  from skimage.morphology import convex_hull_image  # pylint: disable=g-import-not-at-top
   mask = np.asarray(mask, bool)
   if not mask.any():
     return mask.copy()
@@ -255,7 +255,6 @@ def benchmark_hole(segmentation: np.ndarray, dilate_px: int = 10) -> np.ndarray:
   The convex hull of ``segmentation`` (bool (H, W)) "slightly expanded": dilated by ``dilate_px``
   pixels with a square element (Chebyshev distance; ``dilate`` uses a disk).
   """
-  from skimage.morphology import dilation  # pylint: disable=g-import-not-at-top
   hull = convex_hull_mask(segmentation)
   if dilate_px <= 0 or not hull.any():
     return hull

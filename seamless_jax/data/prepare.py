@@ -20,6 +20,7 @@ import math
 import os
 
 from PIL import Image
+from array_record.python import array_record_module
 
 from seamless_jax.data.sources import ImageFolderSource, encode_record
 
@@ -36,7 +37,6 @@ class PrepareStats:
 def prepare(src: str, out_dir: str, *, split: str = "train", min_side: int = 0,
             min_aesthetic: float | None = None, shard_size: int = 2000) -> PrepareStats:
   """Filters ``src`` (image folder) and writes ArrayRecord shards to ``out_dir``."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   source = ImageFolderSource(src, split)
   stats = PrepareStats()
   kept = []

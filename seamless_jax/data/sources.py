@@ -21,6 +21,7 @@ import struct
 from typing import Any
 
 import numpy as np
+from grain import sources as grain_sources
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -161,7 +162,6 @@ class ArrayRecordSource:
   """Examples written by ``python -m seamless_jax.data.prepare`` (the fast path for big runs)."""
 
   def __init__(self, path: str, split: str = "train"):
-    from grain import sources as grain_sources  # pylint: disable=g-import-not-at-top
     self.paths = find_shards(path, split)
     self._source = grain_sources.ArrayRecordDataSource(self.paths)
 

@@ -36,7 +36,7 @@ Guard (what is done):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

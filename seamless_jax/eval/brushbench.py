@@ -47,8 +47,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from seamless_jax import inpaint
 from seamless_jax import metrics
 from seamless_jax.data import masks as masks_lib
+from seamless_jax.eval import aesthetic
+from seamless_jax.eval import fid
+from seamless_jax.models import lpips as lpips_model
 
 TASKS = ("inpaint", "outpaint")
 MASK_KEYS = {"inpaint": "inpainting_mask", "outpaint": "outpainting_mask"}
@@ -172,7 +176,7 @@ def generate(load_pipe: Callable, entries: Sequence[Entry], tasks: Sequence[str]
   refuses (``inpaint.InputError``, e.g. a hole that vanishes at latent size) is retried image by
   image; refused images are reported and skipped (they are then missing from the scores).
   """
-  from seamless_jax.inpaint import InputError as refused_error
+  refused_error = inpaint.InputError
   index_of = {entry.key: i for i, entry in enumerate(entries)}
   made, pipe = 0, None
   for task in tasks:
@@ -423,7 +427,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load_inpainter(args):
-  from seamless_jax import inpaint
   return inpaint.Inpainter.load(args.model, vae=args.vae, step=args.step, ema=not args.no_ema,
                                 dtype=args.dtype)
 
@@ -444,14 +447,11 @@ def main(argv=None) -> str:
 
   lpips_fn = None
   if args.lpips:
-    from seamless_jax.models import lpips as lpips_model
     lpips_fn = lpips_model.load_lpips_fn(args.lpips)
   inception = scorer = None
   if args.inception:
-    from seamless_jax.eval import fid
     inception = fid.load_inception(args.inception, args.device)
   if args.clip:
-    from seamless_jax.eval import aesthetic
     scorer = aesthetic.AestheticScorer(args.clip, args.aesthetic_head, args.device)
 
   summaries, all_rows, source_features = [], [], None
@@ -462,7 +462,6 @@ def main(argv=None) -> str:
       continue
     fid_value = aesthetic_scores = None
     if inception is not None:
-      from seamless_jax.eval import fid
       if source_features is None:  # FID reference: all benchmark source images
         source_features = fid.inception_features(
             inception, (load_rgb(e.image_path) for e in entries), device=args.device)

@@ -40,9 +40,18 @@ import jax
 import numpy as np
 from PIL import Image
 
+from seamless_jax import build as models_lib
+from seamless_jax import convert
+from seamless_jax import loading
+from seamless_jax.data import demo
 from seamless_jax.data import transforms
+from seamless_jax.data.tokenizer import CLIPTokenizer
 from seamless_jax.diffusion import schedule as schedule_lib
+from seamless_jax.experiments import evaluate
+from seamless_jax.experiments import report
 from seamless_jax.experiments import scales as scales_lib
+from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
+from seamless_jax.train import loop
 
 TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "two_step", "standard")
 ALL_STAGES = ("data", "init") + TRAIN_STAGES + ("eval", "report")
@@ -98,7 +107,6 @@ def split_demo_data(paths: Paths, resolution: int, tiles_per_image: int, seed: i
   held-out photos. The held-out
   variants are copied at full size (the evaluation resizes and centre-crops them).
   """
-  from seamless_jax.data import demo  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.eval_images, "metadata.jsonl")):
     return
   demo.write_demo_dataset(paths.data_all, resolution=max(128, 4 * resolution))
@@ -141,10 +149,6 @@ def split_demo_data(paths: Paths, resolution: int, tiles_per_image: int, seed: i
 
 def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
   """Randomly initialised VAE, UNet and text encoder of the scale as a diffusers folder."""
-  from seamless_jax import convert  # pylint: disable=import-outside-toplevel
-  from seamless_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
-  from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
-  from seamless_jax import build as models_lib  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.init, "model_index.json")):
     return
   tokenizer = CLIPTokenizer.from_folder(paths.tokenizer())
@@ -167,7 +171,6 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
 def latent_scaling_factor(vae, vae_params, image_folder: str, resolution: int,
                           max_images: int = 32) -> float:
   """1 / std of the VAE's latent means on ``image_folder`` (LDM's rule for ``scale_factor``)."""
-  from seamless_jax.experiments import evaluate  # pylint: disable=import-outside-toplevel
   images = evaluate.read_eval_images(image_folder, resolution, max_images)
   x = transforms.image_to_float(images)
   mean, _ = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))(vae_params, x)
@@ -176,7 +179,6 @@ def latent_scaling_factor(vae, vae_params, image_folder: str, resolution: int,
 
 def export_base_vae(paths: Paths, resolution: int) -> None:
   """``runs/base_vae`` -> ``base_vae/`` (a VAE folder) with its measured scaling factor."""
-  from seamless_jax import convert, loading  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.base_vae, "config.json")):
     return
   vae, params = loading.load_vae(paths.run("base_vae"), dtype="float32")
@@ -186,7 +188,6 @@ def export_base_vae(paths: Paths, resolution: int) -> None:
 
 def export_base_model(paths: Paths) -> None:
   """``runs/base_unet`` (+ its VAE and text encoder) -> ``base/`` diffusers folder."""
-  from seamless_jax import convert, loading  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(paths.base, "model_index.json")):
     return
   pipe = loading.load_pipeline(paths.run("base_unet"), dtype="float32")
@@ -199,7 +200,6 @@ def export_base_model(paths: Paths) -> None:
 
 def train_stage(stage: str, scale: scales_lib.Scale, paths: Paths, args) -> dict:
   """Runs one training stage (resumes / returns at once when already finished)."""
-  from seamless_jax.train import loop  # pylint: disable=import-outside-toplevel
   starts = {"base_vae": paths.init, "base_unet": paths.init}
   config = scales_lib.stage_config(
       scale, stage, configs_dir=args.configs or None,
@@ -286,10 +286,8 @@ def run(args) -> None:
       elif stage == "base_unet":
         export_base_model(paths)
     elif stage == "eval":
-      from seamless_jax.experiments import evaluate  # pylint: disable=import-outside-toplevel
       evaluate.evaluate_ablation(paths, scale, args)
     elif stage == "report":
-      from seamless_jax.experiments import report  # pylint: disable=import-outside-toplevel
       report.write_report(paths, scale, args.report)
     elapsed = time.time() - start
     if stage != "report":

@@ -25,11 +25,21 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from seamless_jax import inpaint
+from seamless_jax import loading
+from seamless_jax import metrics
+from seamless_jax.data import masks
 from seamless_jax.data import sources
 from seamless_jax.data import transforms
+from seamless_jax.diffusion import blending
+from seamless_jax.diffusion import losses
+from seamless_jax.eval import aesthetic
+from seamless_jax.eval import fid
 
 KINDS = ("inpaint", "outpaint")
 UNETS = ("standard", "two_step")
@@ -72,9 +82,6 @@ def eval_keep(image: np.ndarray, kind: str, seed: int, index: int, latent_factor
   border on all four sides; the hole covers ``EVAL_AREA`` of the image and is redrawn until it
   survives the nearest resize to the latent grid (``latent_factor``).
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from seamless_jax.data import masks  # pylint: disable=import-outside-toplevel
-  from seamless_jax.diffusion import blending  # pylint: disable=import-outside-toplevel
   height, width = image.shape[:2]
   rng = np.random.default_rng([seed, index, KINDS.index(kind)])
   salient = masks.salient_pixels(masks.spectral_residual_saliency(image)) if kind == "inpaint" \
@@ -133,7 +140,6 @@ def seam_step(image: np.ndarray, keep: np.ndarray) -> float:
 def case_metrics(output: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> dict:
   """CD, excess CD, seam step and kept-region PSNR of one output (uint8 (H, W, 3)) for
   ``keep`` (H, W)."""
-  from seamless_jax import metrics  # pylint: disable=import-outside-toplevel
   cd = metrics.color_distance(output, keep)
   cd_truth = metrics.color_distance(truth, keep)
   return {"cd": cd, "excess_cd": cd - cd_truth, "cd_truth": cd_truth,
@@ -163,9 +169,6 @@ def run_bld(paths, scale, images: np.ndarray, cases: list[dict]) -> dict:
   with the base decoder, then its VAE params are swapped for the base encoder + Eq. 6 decoder
   (what ``Inpainter.load(..., vae=eq6 run)`` assembles) and the same seeds run again.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from seamless_jax import inpaint, loading  # pylint: disable=import-outside-toplevel
-  from seamless_jax.data import masks  # pylint: disable=import-outside-toplevel
   _, eq6_vae_params = loading.load_vae(paths.run("eq6_vae"), dtype=scale.dtype)
   outputs = {}
   for unet in UNETS:
@@ -211,14 +214,12 @@ def bld_metrics(images, cases, outputs: dict) -> dict:
 def add_quality_scores(results: dict, images, cases, outputs: dict, args) -> None:
   """FID (vs the held-out ground truth) and mean AS per combination and kind, when given."""
   if args.fid_weights:
-    from seamless_jax.eval import fid  # pylint: disable=import-outside-toplevel
     for key in outputs:
       for kind in KINDS:
         chosen = [i for i, c in enumerate(cases) if c["kind"] == kind]
         results[key]["summary"][kind]["fid"] = fid.compute_fid(
             outputs[key][chosen], images, args.fid_weights)
   if args.clip and args.aesthetic_head:
-    from seamless_jax.eval import aesthetic  # pylint: disable=import-outside-toplevel
     scorer = aesthetic.AestheticScorer(args.clip, args.aesthetic_head)
     for key in outputs:
       for kind in KINDS:
@@ -235,10 +236,6 @@ def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
   decoders ``base`` (base decoder on the blend), ``eq6`` (Eq. 6 decoder on the blend) and
   ``plain`` (base VAE, no blend: D(E(x)), the reconstruction floor).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from seamless_jax import loading  # pylint: disable=import-outside-toplevel
-  from seamless_jax.diffusion import losses  # pylint: disable=import-outside-toplevel
   vae, base_params = loading.load_vae(paths.base, dtype=scale.dtype)
   _, eq6_params = loading.load_vae(paths.run("eq6_vae"), dtype=scale.dtype)
   decoders = {"base": base_params, "eq6": loading.with_decoder(base_params, eq6_params)}

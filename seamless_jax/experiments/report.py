@@ -13,6 +13,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from seamless_jax.experiments import evaluate
 from seamless_jax.experiments import scales as scales_lib
@@ -117,7 +118,6 @@ def plot_curves(paths, out_path: str) -> list[str]:
 
 def save_figure(fig, path: str, dpi: int) -> None:
   """PNG with a 256-colour palette (a quarter of the bytes of full RGB for these figures)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   fig.savefig(path, dpi=dpi)
   with Image.open(path) as img:
     palette = img.convert("RGB").quantize(256)

@@ -17,6 +17,7 @@ downloads anything. :func:`load_lpips_fn` gives LPIPS as a plain function ``(x, 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Sequence
 
@@ -24,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
@@ -179,8 +181,6 @@ def load_lpips(path: str, *, dtype=jnp.float32, precision=None):
   Raises ``FileNotFoundError`` / ``KeyError`` (missing or unknown keys) / ``ValueError``
   (wrong shapes) with the offending names.
   """
-  from safetensors.numpy import load_file
-  import os
   if not os.path.exists(path):
     raise FileNotFoundError(f"LPIPS weights not found at {path!r}; create them with "
                             "tools/convert_lpips.py --vgg vgg16.pth --lin vgg.pth --out ...")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 from absl import logging
+from jax.experimental.compilation_cache import compilation_cache
 
 from seamless_jax.runtime import flops as flops_lib
 
@@ -62,7 +63,6 @@ def enable_cache(path: str | None, min_compile_secs: float = 1.0) -> str | None:
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
     # The cache object is created on the first compile; a new folder needs a fresh one.
-    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
     compilation_cache.reset_cache()
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -129,6 +130,5 @@ def put_replicated(x, mesh: Mesh) -> jax.Array:
 def to_host(x) -> np.ndarray:
   """Full value of a (possibly multi-process) array as numpy on every process."""
   if jax.process_count() > 1 and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

@@ -17,7 +17,6 @@ checks once per step; :func:`any_process` makes that decision the same on every 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time

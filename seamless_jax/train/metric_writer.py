@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 from PIL import Image
+from tensorboardX import SummaryWriter
 
 from seamless_jax.data import transforms
 
@@ -55,7 +56,6 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")

@@ -13,7 +13,6 @@ not checkpointed.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.struct

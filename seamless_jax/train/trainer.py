@@ -116,10 +116,7 @@ def _add_lpips(config, frozen, frozen_sh, mesh, *, shapes_only: bool = False):
   frozen = dict(frozen, lpips=variables)
   frozen_sh = dict(frozen_sh, lpips=jax.tree.map(lambda _: shd.replicated(mesh), variables))
 
-  def factory(fz):
-    lp = jax.lax.stop_gradient(fz["lpips"])
-    return lambda x, y: module.apply(lp, x, y)
-  return frozen, frozen_sh, factory
+  return frozen, frozen_sh, lambda fz: lpips_model.lpips_fn(module, fz["lpips"])
 
 
 def ensure_demo_data(config, workdir: str) -> None:
