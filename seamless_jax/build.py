@@ -101,13 +101,13 @@ def _build_base_models(config, vocab_size, with_unet_params: bool) -> Models:
             if need_unet else None)
     return Models(vae=vae, text=text, unet=unet, scaling_factor=scaling_factor(vae))
 
-  vae, vae_params = convert.load_vae(_require_folder(config, "vae"), **rt)
-  text, text_params = convert.load_text_encoder(_require_folder(config, "text_encoder"), **rt)
+  vae, vae_params = convert.read_vae(_require_folder(config, "vae"), **rt)
+  text, text_params = convert.read_text_encoder(_require_folder(config, "text_encoder"), **rt)
   unet = unet_params = None
   if need_unet:
     unet_folder = _require_folder(config, "unet")
     if with_unet_params:
-      unet, unet_params = convert.load_unet(unet_folder, **rt)
+      unet, unet_params = convert.read_unet(unet_folder, **rt)
       unet_params = _to_host(unet_params)
     else:
       unet = UNet2DConditionModel.from_config(convert.read_config(unet_folder), **rt)

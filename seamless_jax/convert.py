@@ -14,10 +14,11 @@ Flax leaf          PyTorch leaf     layout
 ``bias``           ``bias``         same
 =================  ===============  ======================================
 
-Loading reads only ``*.safetensors`` (sharded ``*.index.json`` too) and never
-unpickles; missing, unexpected or mis-shaped weights are an error listing them.
-Saving writes the same layout, loadable by ``diffusers``/``transformers``
-``from_pretrained``.
+Readers (``read_unet``, ``read_vae``, ``read_text_encoder``, ``read_pipeline``) take only
+``*.safetensors`` (sharded ``*.index.json`` too) and never unpickle; missing, unexpected or
+mis-shaped weights are an error listing them. Writers (``write_*``) produce the same layout,
+loadable by ``diffusers``/``transformers`` ``from_pretrained``. These handle diffusers folders
+only; :mod:`seamless_jax.loading` loads any model source (a folder or a training workdir).
 """
 
 from __future__ import annotations
@@ -302,7 +303,7 @@ def param_shapes(module) -> dict:
   return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *module.dummy_inputs()))["params"]
 
 
-def load_model(kind: str, folder: str, *, variant: str | None = None, **runtime):
+def read_model(kind: str, folder: str, *, variant: str | None = None, **runtime):
   """Loads ``(module, params)`` of ``kind`` in {'unet', 'vae', 'text_encoder'} from ``folder``."""
   fmt = _formats()[kind]
   config = read_config(folder)
@@ -315,38 +316,38 @@ def load_model(kind: str, folder: str, *, variant: str | None = None, **runtime)
   return module, params
 
 
-def save_model(kind: str, module, params, folder: str) -> None:
+def write_model(kind: str, module, params, folder: str) -> None:
   """Writes ``module``/``params`` as a diffusers/transformers folder."""
   fmt = _formats()[kind]
   config = {**fmt.header(), **module.to_config()}
   write_folder(folder, config, params_to_state_dict(params), fmt.weights_name)
 
 
-def load_unet(folder: str, **runtime):
+def read_unet(folder: str, **runtime):
   """``(UNet2DConditionModel, params)`` from a diffusers ``unet/`` folder."""
-  return load_model("unet", folder, **runtime)
+  return read_model("unet", folder, **runtime)
 
 
-def load_vae(folder: str, **runtime):
+def read_vae(folder: str, **runtime):
   """``(AutoencoderKL, params)`` from a diffusers ``vae/`` folder."""
-  return load_model("vae", folder, **runtime)
+  return read_model("vae", folder, **runtime)
 
 
-def load_text_encoder(folder: str, **runtime):
+def read_text_encoder(folder: str, **runtime):
   """``(CLIPTextModel, params)`` from a transformers ``text_encoder/`` folder."""
-  return load_model("text_encoder", folder, **runtime)
+  return read_model("text_encoder", folder, **runtime)
 
 
-def save_unet(module, params, folder: str) -> None:
-  save_model("unet", module, params, folder)
+def write_unet(module, params, folder: str) -> None:
+  write_model("unet", module, params, folder)
 
 
-def save_vae(module, params, folder: str) -> None:
-  save_model("vae", module, params, folder)
+def write_vae(module, params, folder: str) -> None:
+  write_model("vae", module, params, folder)
 
 
-def save_text_encoder(module, params, folder: str) -> None:
-  save_model("text_encoder", module, params, folder)
+def write_text_encoder(module, params, folder: str) -> None:
+  write_model("text_encoder", module, params, folder)
 
 
 # --------------------------------------------------------------------------
@@ -375,7 +376,7 @@ class Pipeline:
   info: dict = dataclasses.field(default_factory=dict)  # where it came from (seamless_jax.loading)
 
 
-def load_pipeline(folder: str, *, variant: str | None = None, **runtime) -> Pipeline:
+def read_pipeline(folder: str, *, variant: str | None = None, **runtime) -> Pipeline:
   """Loads an SD-1.5 diffusers folder (``model_index.json``, unet/, vae/, text_encoder/,
   tokenizer/, scheduler/). ``runtime`` (dtype, attention_implementation, remat)
   applies to all three models. No transformers/diffusers import happens here.
@@ -388,16 +389,16 @@ def load_pipeline(folder: str, *, variant: str | None = None, **runtime) -> Pipe
   for part in ("unet", "vae", "text_encoder"):
     if part not in index:
       raise ConversionError(f"{index_path} lists no {part!r} component")
-  unet, unet_params = load_model("unet", os.path.join(folder, "unet"), variant=variant, **runtime)
-  vae, vae_params = load_model("vae", os.path.join(folder, "vae"), variant=variant, **runtime)
-  text, text_params = load_model("text_encoder", os.path.join(folder, "text_encoder"),
+  unet, unet_params = read_model("unet", os.path.join(folder, "unet"), variant=variant, **runtime)
+  vae, vae_params = read_model("vae", os.path.join(folder, "vae"), variant=variant, **runtime)
+  text, text_params = read_model("text_encoder", os.path.join(folder, "text_encoder"),
                                  variant=variant, **runtime)
   return Pipeline(unet, unet_params, vae, vae_params, text, text_params,
                   _load_tokenizer(os.path.join(folder, "tokenizer")),
                   _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"), {}))
 
 
-def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | None = None,
+def write_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | None = None,
                   scheduler_overrides: Mapping[str, Any] | None = None) -> None:
   """Writes a diffusers ``StableDiffusionPipeline`` folder loadable by ``from_pretrained``.
 
@@ -405,9 +406,9 @@ def save_pipeline(pipeline: Pipeline, folder: str, *, tokenizer_folder: str | No
   ``{'prediction_type': schedule.TRAINED_PREDICTION_TYPE}`` after two-step training).
   """
   os.makedirs(folder, exist_ok=True)
-  save_unet(pipeline.unet, pipeline.unet_params, os.path.join(folder, "unet"))
-  save_vae(pipeline.vae, pipeline.vae_params, os.path.join(folder, "vae"))
-  save_text_encoder(pipeline.text_encoder, pipeline.text_encoder_params,
+  write_unet(pipeline.unet, pipeline.unet_params, os.path.join(folder, "unet"))
+  write_vae(pipeline.vae, pipeline.vae_params, os.path.join(folder, "vae"))
+  write_text_encoder(pipeline.text_encoder, pipeline.text_encoder_params,
                     os.path.join(folder, "text_encoder"))
   if tokenizer_folder:
     os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)

@@ -93,7 +93,7 @@ def export_vae(workdir: str, out: str, *, step: int | None = None, ema: bool = T
       f"{_weights_name(model.ema)}")
   with _staging(out, overwrite, log) as folder:
     log("writing the VAE (config.json, diffusion_pytorch_model.safetensors)")
-    convert.save_vae(model.models.vae, model.vae_params, folder)
+    convert.write_vae(model.models.vae, model.vae_params, folder)
   return out
 
 
@@ -116,18 +116,18 @@ def export_pipeline(workdir: str, out: str, *, step: int | None = None, ema: boo
   copy_vae = bool(base) and not vae and not config.get("vae_pretrained", "")
   with _staging(out, overwrite, log) as folder:
     log("writing unet/ (trained weights)")
-    convert.save_unet(pipe.unet, pipe.unet_params, os.path.join(folder, "unet"))
+    convert.write_unet(pipe.unet, pipe.unet_params, os.path.join(folder, "unet"))
     if copy_vae:
       _copy_part(base, "vae", folder, log)
     else:
       log("writing vae/" + (f" (decoder from {vae})" if vae else " (the VAE training used)"))
-      convert.save_vae(pipe.vae, pipe.vae_params, os.path.join(folder, "vae"))
+      convert.write_vae(pipe.vae, pipe.vae_params, os.path.join(folder, "vae"))
     if base:
       _copy_part(base, "text_encoder", folder, log)
       _copy_part(base, "tokenizer", folder, log)
     else:
       log("writing text_encoder/ and tokenizer/ (the frozen models training used)")
-      convert.save_text_encoder(pipe.text_encoder, pipe.text_encoder_params,
+      convert.write_text_encoder(pipe.text_encoder, pipe.text_encoder_params,
                                 os.path.join(folder, "text_encoder"))
       _copy_files(loading.workdir_tokenizer_folder(config, workdir),
                   os.path.join(folder, "tokenizer"))

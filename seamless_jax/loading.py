@@ -160,7 +160,7 @@ def load_vae(source: str, *, step: int | None = None, ema: bool = True,
     return model.models.vae, model.vae_params
   folder = os.path.join(source, "vae") if os.path.isdir(os.path.join(source, "vae")) else source
   _require_dir(source, "a VAE folder, an SD-1.5 folder with vae/ or a training workdir")
-  return convert.load_vae(folder, **_runtime(dtype, attention))
+  return convert.read_vae(folder, **_runtime(dtype, attention))
 
 
 def with_decoder(vae_params: dict, decoder_source_params: dict) -> dict:
@@ -194,7 +194,7 @@ def load_pipeline(model: str, *, step: int | None = None, ema: bool = True,
                         f"nor a training workdir (no {workdir_lib.CONFIG_FILE} + "
                         f"{workdir_lib.CHECKPOINTS}/)")
     try:
-      pipe = convert.load_pipeline(model, **_runtime(dtype, attention))
+      pipe = convert.read_pipeline(model, **_runtime(dtype, attention))
     except (FileNotFoundError, convert.ConversionError) as e:
       raise SourceError(str(e)) from e
     if pipe.tokenizer is None:

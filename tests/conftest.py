@@ -14,12 +14,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # pylint: disable=wrong-import-position
 
 from seamless_jax.train import loop  # pylint: disable=wrong-import-position
-import tiny as testing  # pylint: disable=wrong-import-position
+import tiny  # pylint: disable=wrong-import-position
 
 
 def _train(mode: str, data_dir: str, workdir: str) -> str:
   """A tiny 2-step run saving steps 1 and 2, with a 2-image sample grid at step 2."""
-  config = testing.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
+  config = tiny.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
                                sample_every=2)
   config.sample.num_images, config.sample.num_inference_steps = 2, 2
   config.sample.prompt = "a photo"
@@ -29,7 +29,7 @@ def _train(mode: str, data_dir: str, workdir: str) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-  return testing.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from seamless_jax import aot
 from seamless_jax.models import attention
 from seamless_jax.runtime import hardware
 
-import tiny as testing
+import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ def test_pallas_attention_shards_heads_when_the_batch_does_not_divide():
 
 @pytest.mark.slow
 def test_tiny_two_step_step_compiles_for_a_tpu_slice_and_reports_memory(tmp_path):
-  config = testing.tiny_config("two_step", str(tmp_path))
+  config = tiny.tiny_config("two_step", str(tmp_path))
   report = aot.compile_train_step(config, "v5e-8", "two_step:tiny")
   assert report.fits and report.devices == 8
   b = report.bytes

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import assert_same_params
 
+import tiny
 from seamless_jax import convert
 from seamless_jax import export
 from seamless_jax import loading
@@ -172,8 +172,8 @@ def test_base_parts_are_copied_safetensors_only(exported, tiny_workdirs, tmp_pat
     with open(os.path.join(base, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
       assert a.read() == b.read(), name
   assert not any(name.endswith(WEIGHT_SUFFIXES) for name in _files(out))
-  _, unet_params = convert.load_unet(os.path.join(out, "unet"))
-  assert_same_params(unet_params, loading.restore_workdir(tiny_workdirs["two_step"],
+  _, unet_params = convert.read_unet(os.path.join(out, "unet"))
+  tiny.assert_same_params(unet_params, loading.restore_workdir(tiny_workdirs["two_step"],
                                                           step=1).params)
 
 
@@ -193,7 +193,7 @@ def test_crash_leaves_no_half_export(tiny_workdirs, tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(convert, "save_text_encoder", fail)
+  monkeypatch.setattr(convert, "write_text_encoder", fail)
   with pytest.raises(OSError, match="disk full"):
     export.export(tiny_workdirs["two_step"], str(tmp_path / "out"), log=lambda _: None)
   assert os.listdir(tmp_path) == []
@@ -211,9 +211,9 @@ def test_cli_exports_the_chosen_step_and_raw_weights(tiny_workdirs, tmp_path):
               "--out", out)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 1, raw (non-EMA) weights" in proc.stdout
-  _, params = convert.load_vae(out)
+  _, params = convert.read_vae(out)
   raw = loading.restore_workdir(tiny_workdirs["vae_finetune"], step=1, ema=False)
-  assert_same_params(params, raw.vae_params)
+  tiny.assert_same_params(params, raw.vae_params)
 
 
 def test_cli_missing_or_damaged_step_is_one_clear_line_and_writes_nothing(tiny_workdirs,
@@ -274,7 +274,7 @@ def test_checkpoint_saved_on_a_sharded_mesh_exports_on_one_host(tiny_workdirs, t
   assert jax.device_count() == 1  # this process: one device, no mesh
   out = str(tmp_path / "export")
   _export(workdir, out)
-  _, unet_params = convert.load_unet(os.path.join(out, "unet"))
+  _, unet_params = convert.read_unet(os.path.join(out, "unet"))
   exported = {"/".join(k): v for k, v in traverse_util.flatten_dict(unet_params).items()}
   assert sorted(exported) == sorted(saved)
   for key, value in saved.items():

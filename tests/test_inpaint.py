@@ -50,7 +50,7 @@ def model_folder(tiny_workdirs, tmp_path_factory):
   """The tiny two-step model as a diffusers folder (v-prediction scheduler)."""
   pipe = loading.load_pipeline(tiny_workdirs["two_step"])
   folder = str(tmp_path_factory.mktemp("tiny_sd"))
-  convert.save_pipeline(pipe, folder,
+  convert.write_pipeline(pipe, folder,
                         tokenizer_folder=os.path.join(tiny_workdirs["data"], "tokenizer"),
                         scheduler_overrides={"prediction_type": "v_prediction"})
   return folder

@@ -29,7 +29,8 @@ LAZY_OPTIONAL = {
     "tensorflow_datasets",                                                # data.source='tfds'
     "tqdm", "ftfy", "sklearn",                                            # used when installed
 }
-LAZY_LATE = {"jax.experimental.pallas.ops.tpu", "jax.experimental.topologies"}
+LAZY_LATE = {"jax.experimental.pallas.ops.tpu", "jax.experimental.topologies",
+             "tensorboardX"}  # tensorboardX imports torch when it is installed
 LATE_JAX_IMPORTERS = ("seamless_jax.console", "seamless_jax.runtime.hardware")  # plain `import jax`
 
 

@@ -11,9 +11,8 @@ from seamless_jax import loading
 from seamless_jax import workdir as workdir_lib
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import trainer as trainer_lib
-import tiny as testing
+import tiny
 
-from helpers import assert_same_params
 
 
 def _saved_state(workdir, step):
@@ -31,15 +30,15 @@ def test_two_step_workdir_loads_its_checkpoint_and_the_frozen_models_training_us
                        "ema": True}
   assert pipe.scheduler_config["prediction_type"] == "v_prediction"
   saved = _saved_state(workdir, 2)
-  assert_same_params(pipe.unet_params, saved["ema_params"])
+  tiny.assert_same_params(pipe.unet_params, saved["ema_params"])
   raw = loading.restore_workdir(workdir, step=1, ema=False)
   assert raw.step == 1 and not raw.ema
-  assert_same_params(raw.params, _saved_state(workdir, 1)["params"])
+  tiny.assert_same_params(raw.params, _saved_state(workdir, 1)["params"])
   # The frozen (never checkpointed) tiny VAE and text encoder are rebuilt bit-for-bit.
-  config = testing.tiny_config("two_step", tiny_workdirs["data"])
+  config = tiny.tiny_config("two_step", tiny_workdirs["data"])
   trainer = trainer_lib.setup(config)
-  assert_same_params(pipe.vae_params, trainer.frozen["vae"])
-  assert_same_params(pipe.text_encoder_params, trainer.frozen["text"])
+  tiny.assert_same_params(pipe.vae_params, trainer.frozen["vae"])
+  tiny.assert_same_params(pipe.text_encoder_params, trainer.frozen["text"])
   assert pipe.tokenizer.vocab_size == trainer.tokenizer.vocab_size
 
 
@@ -59,7 +58,7 @@ def test_bfloat16_frozen_training_loads_its_frozen_models_in_float32(tiny_workdi
   bf16_run = loading.restore_workdir(workdir)
   float32_run = loading.restore_workdir(tiny_workdirs["two_step"])
   assert {x.dtype for x in jax.tree_util.tree_leaves(bf16_run.frozen)} == {np.dtype(np.float32)}
-  assert_same_params(bf16_run.frozen, float32_run.frozen)
+  tiny.assert_same_params(bf16_run.frozen, float32_run.frozen)
 
 
 def test_vae_source_gives_the_decoder_and_keeps_the_base_encoder(tiny_workdirs):
@@ -69,10 +68,10 @@ def test_vae_source_gives_the_decoder_and_keeps_the_base_encoder(tiny_workdirs):
   trained = _saved_state(tiny_workdirs["vae_finetune"], 2)["ema_params"]["vae"]
   assert sorted(trained) == sorted(loading.VAE_DECODER_PARTS)
   for name in loading.VAE_DECODER_PARTS:
-    assert_same_params(full.vae_params[name], trained[name])
-    assert_same_params(finetuned[name], trained[name])
+    tiny.assert_same_params(full.vae_params[name], trained[name])
+    tiny.assert_same_params(finetuned[name], trained[name])
   for name in set(base.vae_params) - set(loading.VAE_DECODER_PARTS):
-    assert_same_params(full.vae_params[name], base.vae_params[name])
+    tiny.assert_same_params(full.vae_params[name], base.vae_params[name])
   changed = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
                          full.vae_params["decoder"], base.vae_params["decoder"])
   assert max(jax.tree.leaves(changed)) > 0  # two steps of fine-tuning moved the decoder
@@ -80,25 +79,25 @@ def test_vae_source_gives_the_decoder_and_keeps_the_base_encoder(tiny_workdirs):
 
 
 def test_vae_pretrained_config_field_puts_that_vae_into_training(tiny_workdirs):
-  config = testing.tiny_config("two_step", tiny_workdirs["data"],
+  config = tiny.tiny_config("two_step", tiny_workdirs["data"],
                                vae_pretrained=tiny_workdirs["vae_finetune"])
   models = loading.build_models(config, vocab_size=1000)
   _, finetuned = loading.load_vae(tiny_workdirs["vae_finetune"])
-  assert_same_params(models.vae_params, finetuned)
+  tiny.assert_same_params(models.vae_params, finetuned)
 
 
 def test_diffusers_folder_round_trip(tiny_workdirs, tmp_path):
   pipe = loading.load_pipeline(tiny_workdirs["two_step"])
   folder = str(tmp_path / "sd")
-  convert.save_pipeline(pipe, folder, tokenizer_folder=os.path.join(tiny_workdirs["data"],
+  convert.write_pipeline(pipe, folder, tokenizer_folder=os.path.join(tiny_workdirs["data"],
                                                                     "tokenizer"),
                         scheduler_overrides={"prediction_type": "v_prediction"})
   again = loading.load_pipeline(folder)
   assert again.info == {"source": folder, "kind": "diffusers"}
-  assert_same_params(again.unet_params, pipe.unet_params)
+  tiny.assert_same_params(again.unet_params, pipe.unet_params)
   assert again.scheduler_config["prediction_type"] == "v_prediction"
   vae, vae_params = loading.load_vae(folder)
-  assert_same_params(vae_params, pipe.vae_params)
+  tiny.assert_same_params(vae_params, pipe.vae_params)
 
 
 def test_clear_errors_name_the_source(tiny_workdirs, tmp_path):

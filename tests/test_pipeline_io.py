@@ -1,16 +1,15 @@
-"""Whole SD folders: diffusers StableDiffusionPipeline folder -> load_pipeline -> save_pipeline -> diffusers."""
+"""Whole SD folders: diffusers StableDiffusionPipeline folder -> read_pipeline -> write_pipeline -> diffusers."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from helpers import assert_same_params
 import torch
 
 from seamless_jax import convert
 from seamless_jax.data.tokenizer import write_byte_level_tokenizer
 from seamless_jax.models import presets
+import tiny
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -36,14 +35,14 @@ def test_load_and_save_whole_pipeline(tmp_path):
   tokenizer_dir = write_byte_level_tokenizer(str(tmp_path / "tok"))
   tiny_diffusers_pipeline(tokenizer_dir).save_pretrained(tmp_path / "sd", safe_serialization=True)
 
-  pipe = convert.load_pipeline(str(tmp_path / "sd"))
+  pipe = convert.read_pipeline(str(tmp_path / "sd"))
   assert pipe.scheduler_config["prediction_type"] == "epsilon"
   ids = pipe.tokenizer(["a photo of scenery"])
   assert ids.shape == (1, 77) and ids.dtype == np.int32
   hidden = pipe.text_encoder.apply({"params": pipe.text_encoder_params}, ids)
   assert hidden.shape == (1, 77, presets.TINY_TEXT["hidden_size"])
 
-  convert.save_pipeline(pipe, str(tmp_path / "export"), tokenizer_folder=tokenizer_dir,
+  convert.write_pipeline(pipe, str(tmp_path / "export"), tokenizer_folder=tokenizer_dir,
                         scheduler_overrides={"prediction_type": "v_prediction"})
   reloaded = diffusers.StableDiffusionPipeline.from_pretrained(str(tmp_path / "export"))
   assert reloaded.scheduler.config.prediction_type == "v_prediction"
@@ -51,19 +50,19 @@ def test_load_and_save_whole_pipeline(tmp_path):
   np.testing.assert_array_equal(
       reloaded.tokenizer(["a photo of scenery"], padding="max_length", max_length=77).input_ids,
       ids)
-  again = convert.load_pipeline(str(tmp_path / "export"))
-  assert_same_params(pipe.unet_params, again.unet_params)
-  assert_same_params(pipe.vae_params, again.vae_params)
-  assert_same_params(pipe.text_encoder_params, again.text_encoder_params)
+  again = convert.read_pipeline(str(tmp_path / "export"))
+  tiny.assert_same_params(pipe.unet_params, again.unet_params)
+  tiny.assert_same_params(pipe.vae_params, again.vae_params)
+  tiny.assert_same_params(pipe.text_encoder_params, again.text_encoder_params)
 
 
 def test_missing_component_and_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no model_index.json"):
-    convert.load_pipeline(str(tmp_path))
+    convert.read_pipeline(str(tmp_path))
   (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "X"]}))
   with pytest.raises(convert.ConversionError, match="'vae'"):
-    convert.load_pipeline(str(tmp_path))
+    convert.read_pipeline(str(tmp_path))
   (tmp_path / "model_index.json").write_text(
       json.dumps({"unet": [], "vae": [], "text_encoder": []}))
   with pytest.raises(FileNotFoundError, match="no config.json in model folder .*unet"):
-    convert.load_pipeline(str(tmp_path))
+    convert.read_pipeline(str(tmp_path))

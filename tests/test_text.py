@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_params
 import torch
 from safetensors.numpy import load_file, save_file
 
 from seamless_jax import convert
 from seamless_jax.models import CLIPTextModel, presets
+import tiny
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,21 +33,6 @@ def random_torch_clip(config=presets.TINY_TEXT, seed=0):
     for p in model.parameters():  # non-trivial norms and biases
       p.add_(0.05 * torch.randn_like(p))
   return model
-
-
-def random_flax_params(module, seed=1):
-  """Random params shaped like ``module``'s, drawn on the host (no init compile)."""
-  rng = np.random.RandomState(seed)
-
-  def draw(path, shape):
-    leaf = path[-1].key
-    if leaf == "kernel":
-      return (rng.randn(*shape.shape) / np.sqrt(shape.shape[0])).astype(np.float32)
-    base = 1.0 if leaf == "scale" else 0.0
-    scale = 0.5 if leaf == "embedding" else 0.05
-    return (base + scale * rng.randn(*shape.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, convert.param_shapes(module))
 
 
 def token_ids(config=presets.TINY_TEXT, batch=2, seed=0):
@@ -95,7 +80,7 @@ def saved_reference(tmp_path_factory):
 
 def test_matches_transformers_through_saved_folder(saved_reference):
   model, folder = saved_reference
-  module, params = convert.load_text_encoder(folder)
+  module, params = convert.read_text_encoder(folder)
   assert module == CLIPTextModel.from_config(presets.TINY_TEXT)
   assert list(params) == ["text_model"]
   assert_parity(module, params, model)
@@ -110,8 +95,8 @@ def test_classic_prefixed_checkpoint_loads(saved_reference, tmp_path):
   classic["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
   save_file(classic, str(tmp_path / "model.safetensors"))
   (tmp_path / "config.json").write_text(open(os.path.join(folder, "config.json")).read())
-  module, params = convert.load_text_encoder(str(tmp_path))
-  assert_same_params(params, convert.load_text_encoder(folder)[1])
+  module, params = convert.read_text_encoder(str(tmp_path))
+  tiny.assert_same_params(params, convert.read_text_encoder(folder)[1])
   assert_parity(module, params, model)
 
 
@@ -119,15 +104,15 @@ def test_gelu_activation_matches(tmp_path):
   config = {**presets.TINY_TEXT, "hidden_act": "gelu"}
   model = random_torch_clip(config)
   model.save_pretrained(tmp_path, safe_serialization=True)
-  module, params = convert.load_text_encoder(str(tmp_path))
+  module, params = convert.read_text_encoder(str(tmp_path))
   assert module.hidden_act == "gelu"
   assert_parity(module, params, model, config)
 
 
 def test_round_trip_flax_transformers_flax_is_identical(tmp_path, caplog):
   module = CLIPTextModel.from_config(presets.TINY_TEXT)
-  params = random_flax_params(module)
-  convert.save_text_encoder(module, params, str(tmp_path / "ours"))
+  params = tiny.random_params(module)
+  convert.write_text_encoder(module, params, str(tmp_path / "ours"))
   assert all(k.startswith("text_model.")
              for k in load_file(str(tmp_path / "ours" / "model.safetensors")))
 
@@ -138,16 +123,16 @@ def test_round_trip_flax_transformers_flax_is_identical(tmp_path, caplog):
   assert not [r for r in caplog.records if "not used" in r.getMessage()
               or "newly initialized" in r.getMessage()]
   reloaded_torch.eval().save_pretrained(tmp_path / "theirs", safe_serialization=True)
-  module2, params2 = convert.load_text_encoder(str(tmp_path / "theirs"))
+  module2, params2 = convert.read_text_encoder(str(tmp_path / "theirs"))
 
   assert module2 == module
-  assert_same_params(params, params2)
+  tiny.assert_same_params(params, params2)
   assert_parity(module, params, reloaded_torch)  # transformers computes our function
 
 
 def test_saved_config_is_transformers_config(tmp_path):
   module = CLIPTextModel.from_config(presets.TINY_TEXT)
-  convert.save_text_encoder(module, random_flax_params(module), str(tmp_path))
+  convert.write_text_encoder(module, tiny.random_params(module), str(tmp_path))
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["architectures"] == ["CLIPTextModel"]
   assert config["model_type"] == "clip_text_model"
@@ -169,7 +154,7 @@ def test_sd15_text_parameter_count_and_shape():
 
 def test_bfloat16_compute_close_to_float32(saved_reference):
   _, folder = saved_reference
-  f32, params = convert.load_text_encoder(folder)
+  f32, params = convert.read_text_encoder(folder)
   bf16 = CLIPTextModel.from_config(f32.to_config(), dtype=jnp.bfloat16)
   ids = token_ids()
   ref, low = flax_forward(f32, params, ids), flax_forward(bf16, params, ids).astype(np.float32)
@@ -179,9 +164,9 @@ def test_bfloat16_compute_close_to_float32(saved_reference):
 
 def test_remat_and_attention_switch_compute_the_same_function(saved_reference):
   _, folder = saved_reference
-  base, params = convert.load_text_encoder(folder)
-  variant, params2 = convert.load_text_encoder(folder, remat=True, attention_implementation="xla")
-  assert_same_params(params, params2)
+  base, params = convert.read_text_encoder(folder)
+  variant, params2 = convert.read_text_encoder(folder, remat=True, attention_implementation="xla")
+  tiny.assert_same_params(params, params2)
   ids = token_ids()
 
   def loss(module, p):
@@ -196,7 +181,7 @@ def test_remat_and_attention_switch_compute_the_same_function(saved_reference):
 
 def test_causal_attention_ignores_later_tokens(saved_reference):
   _, folder = saved_reference
-  module, params = convert.load_text_encoder(folder)
+  module, params = convert.read_text_encoder(folder)
   ids = token_ids()
   changed = ids.copy()
   changed[:, 50:] = 7
@@ -238,4 +223,4 @@ def test_pickle_only_folder_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(presets.TINY_TEXT))
   (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
   with pytest.raises(FileNotFoundError, match="safetensors"):
-    convert.load_text_encoder(str(tmp_path))
+    convert.read_text_encoder(str(tmp_path))

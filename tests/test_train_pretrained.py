@@ -1,6 +1,6 @@
 """The ``:sd15`` path: training starts from a diffusers folder (``config.pretrained``).
 
-A tiny SD pipeline folder is written with `convert.save_pipeline` (the same layout diffusers
+A tiny SD pipeline folder is written with `convert.write_pipeline` (the same layout diffusers
 writes), the two-step trainer loads it through `convert.load_*` and runs two steps; the UNet
 it starts from must be the saved one and the frozen VAE/text params must be the saved ones.
 """
@@ -9,17 +9,14 @@ import jax
 import numpy as np
 import pytest
 
+import tiny
 from configs import two_step
 from seamless_jax import convert
-from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel, presets
 from seamless_jax.data import pipeline
-import tiny
-from seamless_jax.train import trainer as trainer_lib
+from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel, presets
 from seamless_jax.runtime import sharding as shd
-
-
-def _random_params(module, seed):
-  return jax.jit(module.init)(jax.random.PRNGKey(seed), *module.dummy_inputs())["params"]
+from seamless_jax.train import config_check
+from seamless_jax.train import trainer as trainer_lib
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +26,9 @@ def pretrained_dir(tmp_path_factory):
   unet = UNet2DConditionModel.from_config(presets.TINY_UNET)
   vae = AutoencoderKL.from_config(presets.TINY_VAE)
   text = CLIPTextModel.from_config(presets.TINY_TEXT)
-  pipe = convert.Pipeline(unet, _random_params(unet, 1), vae, _random_params(vae, 2), text,
-                          _random_params(text, 3), None, {})
-  convert.save_pipeline(pipe, str(root / "sd15"), tokenizer_folder=f"{data_dir}/tokenizer")
+  pipe = convert.Pipeline(unet, tiny.random_params(unet, 1), vae, tiny.random_params(vae, 2),
+                          text, tiny.random_params(text, 3), None, {})
+  convert.write_pipeline(pipe, str(root / "sd15"), tokenizer_folder=f"{data_dir}/tokenizer")
   return str(root / "sd15"), data_dir, pipe
 
 
@@ -77,4 +74,4 @@ def test_missing_pretrained_folder_is_named(tmp_path):
   config = two_step.get_config("sd15")
   config.pretrained = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"config.pretrained=.*nowhere.* is not a folder"):
-    trainer_lib.setup(config)
+    config_check.validate(config)

@@ -15,8 +15,8 @@ import tiny
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+def data_dir(tiny_data):
+  return tiny_data  # the session's photos (tests/conftest.py); read-only here
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-import tiny
 from seamless_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+def data_dir(tiny_data):
+  return tiny_data  # the session's photos (tests/conftest.py); read-only here
 
 
 def _command(data_dir, workdir, *overrides):

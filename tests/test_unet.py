@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_params
 import torch
 
 from seamless_jax import convert
 from seamless_jax.models import UNet2DConditionModel, presets
+import tiny
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -67,7 +67,7 @@ def test_matches_diffusers_through_saved_folder(name, tmp_path):
   reference = random_torch_unet(config)
   reference.save_pretrained(tmp_path, safe_serialization=True)
 
-  module, params = convert.load_unet(str(tmp_path))
+  module, params = convert.read_unet(str(tmp_path))
   sample, timesteps, context = unet_inputs(config)
   ours = flax_forward(module, params, sample, timesteps, context)
   expected = torch_forward(reference, sample, timesteps, context)
@@ -83,13 +83,13 @@ def test_round_trip_flax_diffusers_flax_is_identical(tmp_path):
   module = UNet2DConditionModel.from_config(config)
   params = module.init(jax.random.PRNGKey(1), *module.dummy_inputs())["params"]
 
-  convert.save_unet(module, params, str(tmp_path / "ours"))
+  convert.write_unet(module, params, str(tmp_path / "ours"))
   reloaded_torch = diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path / "ours"))
   reloaded_torch.save_pretrained(tmp_path / "theirs", safe_serialization=True)
-  module2, params2 = convert.load_unet(str(tmp_path / "theirs"))
+  module2, params2 = convert.read_unet(str(tmp_path / "theirs"))
 
   assert module2 == module
-  assert_same_params(params, params2)
+  tiny.assert_same_params(params, params2)
   # And diffusers computes the same function from the folder we wrote.
   sample, timesteps, context = unet_inputs(config)
   ours = flax_forward(module, params, sample, timesteps, context)
@@ -99,7 +99,7 @@ def test_round_trip_flax_diffusers_flax_is_identical(tmp_path):
 def test_saved_config_is_diffusers_config(tmp_path):
   module = UNet2DConditionModel.from_config(presets.TINY_UNET)
   params = module.init(jax.random.PRNGKey(0), *module.dummy_inputs())["params"]
-  convert.save_unet(module, params, str(tmp_path))
+  convert.write_unet(module, params, str(tmp_path))
   with open(tmp_path / "config.json") as f:
     config = json.load(f)
   assert config["_class_name"] == "UNet2DConditionModel"
@@ -221,21 +221,21 @@ def test_pickle_only_folder_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(presets.TINY_UNET))
   (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not unpickled")
   with pytest.raises(FileNotFoundError, match="never unpickles.*safetensors"):
-    convert.load_unet(str(tmp_path))
+    convert.read_unet(str(tmp_path))
 
 
 def test_corrupt_safetensors_names_the_file(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(presets.TINY_UNET))
   (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage")
   with pytest.raises(convert.ConversionError, match="diffusion_pytorch_model.safetensors"):
-    convert.load_unet(str(tmp_path))
+    convert.read_unet(str(tmp_path))
 
 
 def test_sharded_checkpoint_loads(tmp_path):
   reference = random_torch_unet(presets.TINY_UNET)
   reference.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
   assert os.path.exists(tmp_path / "diffusion_pytorch_model.safetensors.index.json")
-  module, params = convert.load_unet(str(tmp_path))
+  module, params = convert.read_unet(str(tmp_path))
   sample, timesteps, context = unet_inputs(presets.TINY_UNET)
   ours = flax_forward(module, params, sample, timesteps, context)
   assert np.abs(ours - torch_forward(reference, sample, timesteps, context)).max() <= PARITY_ATOL
@@ -245,7 +245,7 @@ def test_half_precision_variant_loads_as_float32_masters(tmp_path):
   """``diffusion_pytorch_model.fp16.safetensors`` (bf16 too) load on the host as float32."""
   reference = random_torch_unet(presets.TINY_UNET)
   reference.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True, variant="fp16")
-  module, params = convert.load_unet(str(tmp_path), variant="fp16")
+  module, params = convert.read_unet(str(tmp_path), variant="fp16")
   leaves = jax.tree_util.tree_leaves(params)
   assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in leaves)
   expected = reference.state_dict()["conv_in.weight"].float().numpy()

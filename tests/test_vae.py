@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_params
 import torch
 from safetensors.numpy import load_file, save_file
 
 from seamless_jax import convert
 from seamless_jax.models import AutoencoderKL, presets
+import tiny
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -29,24 +29,6 @@ def random_torch_vae(config=presets.TINY_VAE, seed=0):
     for p in model.parameters():  # non-trivial norms and biases
       p.add_(0.05 * torch.randn_like(p))
   return model
-
-
-def random_flax_params(module, seed=1):
-  """Random params shaped like ``module``'s, drawn on the host (no init compile).
-
-  Kernels ~ N(0, 1/fan_in), norm scales 1 + 0.05 N, biases/embeddings 0.05 N.
-  """
-  rng = np.random.RandomState(seed)
-
-  def draw(path, shape):
-    leaf = path[-1].key
-    if leaf == "kernel":
-      fan_in = int(np.prod(shape.shape[:-1]))
-      return (rng.randn(*shape.shape) / np.sqrt(fan_in)).astype(np.float32)
-    base = 1.0 if leaf == "scale" else 0.0
-    return (base + 0.05 * rng.randn(*shape.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, convert.param_shapes(module))
 
 
 def images(batch=2, seed=0):
@@ -110,7 +92,7 @@ def saved_reference(tmp_path_factory):
 
 def test_matches_diffusers_through_saved_folder(saved_reference):
   model, folder = saved_reference
-  module, params = convert.load_vae(folder)
+  module, params = convert.read_vae(folder)
   assert module.scaling_factor == 0.18215
   assert sorted(params) == ["decoder", "encoder", "post_quant_conv", "quant_conv"]
   assert_parity(module, params, model)
@@ -118,7 +100,7 @@ def test_matches_diffusers_through_saved_folder(saved_reference):
 
 def test_call_is_decode_of_posterior_mean(saved_reference):
   _, folder = saved_reference
-  module, params = convert.load_vae(folder)
+  module, params = convert.read_vae(folder)
   x = images()
   mean, _ = flax_encode(module, params, x)
   out = np.asarray(jitted(module, "__call__")(params, x))
@@ -127,22 +109,22 @@ def test_call_is_decode_of_posterior_mean(saved_reference):
 
 def test_round_trip_flax_diffusers_flax_is_identical(tmp_path):
   module = AutoencoderKL.from_config(presets.TINY_VAE)
-  params = random_flax_params(module)
+  params = tiny.random_params(module)
 
-  convert.save_vae(module, params, str(tmp_path / "ours"))
+  convert.write_vae(module, params, str(tmp_path / "ours"))
   reloaded_torch = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "ours")).eval()
   reloaded_torch.save_pretrained(tmp_path / "theirs", safe_serialization=True)
-  module2, params2 = convert.load_vae(str(tmp_path / "theirs"))
+  module2, params2 = convert.read_vae(str(tmp_path / "theirs"))
 
   assert module2 == module
-  assert_same_params(params, params2)
+  tiny.assert_same_params(params, params2)
   assert_parity(module, params, reloaded_torch)  # diffusers computes our function
 
 
 def test_saved_config_is_diffusers_config(tmp_path):
   module = AutoencoderKL.from_config(presets.TINY_VAE)
-  params = random_flax_params(module)
-  convert.save_vae(module, params, str(tmp_path))
+  params = tiny.random_params(module)
+  convert.write_vae(module, params, str(tmp_path))
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["_class_name"] == "AutoencoderKL"
   assert config["block_out_channels"] == [32, 64] and config["scaling_factor"] == 0.18215
@@ -164,7 +146,7 @@ def test_sd15_vae_parameter_count_and_shapes():
 
 def test_bfloat16_compute_close_to_float32(saved_reference):
   _, folder = saved_reference
-  f32, params = convert.load_vae(folder)
+  f32, params = convert.read_vae(folder)
   bf16 = AutoencoderKL.from_config(f32.to_config(), dtype=jnp.bfloat16)
   x, z = images(), latents()
   for run in (lambda m: flax_encode(m, params, x)[0], lambda m: flax_decode(m, params, z)):
@@ -176,9 +158,9 @@ def test_bfloat16_compute_close_to_float32(saved_reference):
 
 def test_remat_and_attention_switch_compute_the_same_function(saved_reference):
   _, folder = saved_reference
-  base, params = convert.load_vae(folder)
-  variant, params2 = convert.load_vae(folder, remat=True, attention_implementation="xla")
-  assert_same_params(params, params2)  # remat leaves the names unchanged
+  base, params = convert.read_vae(folder)
+  variant, params2 = convert.read_vae(folder, remat=True, attention_implementation="xla")
+  tiny.assert_same_params(params, params2)  # remat leaves the names unchanged
   z = latents(batch=1)[:, :4, :4]  # the decoder path holds every block kind; small = fast compile
 
   def loss(module, p):
@@ -204,9 +186,9 @@ def test_legacy_attention_names_load_equal(saved_reference, tmp_path):
   assert "decoder.mid_block.attentions.0.proj_attn.weight" in legacy
   save_file(legacy, str(tmp_path / "diffusion_pytorch_model.safetensors"))
   (tmp_path / "config.json").write_text(open(os.path.join(folder, "config.json")).read())
-  _, params = convert.load_vae(str(tmp_path))
-  _, modern = convert.load_vae(folder)
-  assert_same_params(modern, params)
+  _, params = convert.read_vae(str(tmp_path))
+  _, modern = convert.read_vae(folder)
+  tiny.assert_same_params(modern, params)
 
 
 def test_unsupported_config_is_an_error_naming_the_key():
@@ -237,4 +219,4 @@ def test_pickle_only_folder_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(presets.TINY_VAE))
   (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not unpickled")
   with pytest.raises(FileNotFoundError, match="safetensors"):
-    convert.load_vae(str(tmp_path))
+    convert.read_vae(str(tmp_path))

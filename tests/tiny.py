@@ -8,11 +8,15 @@ it as ``import tiny`` (pytest puts tests/ on ``sys.path``); benchmarks add tests
 
 from __future__ import annotations
 
+import functools
 import os
 
+import jax
 import ml_collections
+import numpy as np
 
 from seamless_jax import config_files
+from seamless_jax import convert
 
 
 def write_tiny_data(folder: str, resolution: int = 32) -> str:
@@ -50,3 +54,32 @@ def nan_frozen(frozen):
   conv_in = poisoned["vae"]["encoder"]["conv_in"]
   conv_in["bias"] = conv_in["bias"].at[0].set(jnp.nan)
   return poisoned
+
+
+def assert_same_params(params, params2):
+  """Same tree paths in the same order and bitwise-equal leaves."""
+  flat, flat2 = (jax.tree_util.tree_leaves_with_path(p) for p in (params, params2))
+  assert [k for k, _ in flat] == [k for k, _ in flat2]
+  for (key, a), (_, b) in zip(flat, flat2):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
+
+
+@functools.lru_cache(maxsize=None)
+def random_params(module, seed: int = 1):
+  """Random float32 params shaped like ``module``'s, drawn on the host (no init compile).
+
+  Kernels ~ N(0, 1/fan_in), norm scales 1 + 0.05 N, biases 0.05 N, embeddings 0.5 N (large
+  enough that token embeddings differ clearly). Cached per (module, seed): treat as read-only.
+  """
+  rng = np.random.RandomState(seed)
+
+  def draw(path, shape):
+    leaf = path[-1].key
+    if leaf == "kernel":
+      fan_in = int(np.prod(shape.shape[:-1]))
+      return (rng.randn(*shape.shape) / np.sqrt(fan_in)).astype(np.float32)
+    base = 1.0 if leaf == "scale" else 0.0
+    scale = 0.5 if leaf == "embedding" else 0.05
+    return (base + scale * rng.randn(*shape.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, convert.param_shapes(module))

@@ -164,7 +164,7 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
   scheduler = {"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE}
   pipe = convert.Pipeline(unet, init(unet, k_unet), vae, init(vae, k_vae), text,
                           init(text, k_text), None, scheduler)
-  convert.save_pipeline(pipe, paths.init, tokenizer_folder=paths.tokenizer(),
+  convert.write_pipeline(pipe, paths.init, tokenizer_folder=paths.tokenizer(),
                         scheduler_overrides=scheduler)
 
 
@@ -183,7 +183,7 @@ def export_base_vae(paths: Paths, resolution: int) -> None:
     return
   vae, params = loading.load_vae(paths.run("base_vae"), dtype="float32")
   factor = latent_scaling_factor(vae, params, paths.train_data, resolution)
-  convert.save_vae(vae.clone(scaling_factor=factor), params, paths.base_vae)
+  convert.write_vae(vae.clone(scaling_factor=factor), params, paths.base_vae)
 
 
 def export_base_model(paths: Paths) -> None:
@@ -191,7 +191,7 @@ def export_base_model(paths: Paths) -> None:
   if os.path.isfile(os.path.join(paths.base, "model_index.json")):
     return
   pipe = loading.load_pipeline(paths.run("base_unet"), dtype="float32")
-  convert.save_pipeline(
+  convert.write_pipeline(
       pipe, paths.base, tokenizer_folder=paths.tokenizer(),
       scheduler_overrides={"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE})
 

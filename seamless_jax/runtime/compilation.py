@@ -39,11 +39,11 @@ def run_once_options(platform: str | None = None) -> dict:
 
 
 def cache_dir(config, workdir: str | None) -> str | None:
-  """The cache folder ``config.compilation_cache_dir`` names ('' = ``workdir/xla_cache``,
-  'none' = off); ``None`` when off or when there is neither a folder nor a workdir."""
-  configured = str(config.get("compilation_cache_dir", ""))
-  if configured.lower() == "none":
+  """The cache folder: ``config.compilation_cache_dir``, else ``workdir/xla_cache``; ``None``
+  when ``config.compilation_cache`` is off or there is neither a folder nor a workdir."""
+  if not config.get("compilation_cache", True):
     return None
+  configured = str(config.get("compilation_cache_dir", ""))
   if configured:
     return configured
   return os.path.join(workdir, CACHE_SUBDIR) if workdir else None

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 from absl import logging
 from PIL import Image
-from tensorboardX import SummaryWriter
 
 from seamless_jax.data import transforms
 
@@ -57,6 +56,8 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      # Imported here: tensorboardX imports torch when it is installed; training must not.
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
 

@@ -88,7 +88,7 @@ def accumulate(grads_fn: Callable, num_micro: int) -> Callable:
 
 def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
                     state_shardings, frozen_shardings, *, alphas_cumprod=None,
-                    lpips_fn_factory: Callable | None = None, donate: bool = True):
+                    lpips_fn_factory: Callable | None = None):
   """The jitted ``step(state, frozen, batch) -> (state, metrics)`` (see module doc).
 
   ``batch``: ``image`` (B,R,R,3), ``keep`` (B,R,R,1) (uint8 as the pipeline gives them, or
@@ -154,7 +154,7 @@ def make_train_step(config, models, tx: optax.GradientTransformation, mesh,
   batch_in = {"image": batch_spec, "keep": batch_spec, "input_ids": batch_spec}
   return jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_in),
                  out_shardings=(state_shardings, NamedSharding(mesh, P())),
-                 donate_argnums=(0,) if donate else ())
+                 donate_argnums=(0,))
 
 
 # ============================================================================ samples
