@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
         "nbformat",
         "ipykernel",
         "pytest",
+        "pytest-xdist",  # pytest.ini runs the suite on up to 4 processes (filelock: shared fixtures)
+        "filelock",
         "pytorch-fid",
         "torch",
         "torchvision",

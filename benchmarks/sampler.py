@@ -10,12 +10,12 @@ set_alpha_to_one False), classifier-free guidance as one 2B batch (uncond first)
 latent diffusion (paper Eq. 5: before every UNet call the known region is replaced by the known
 latent noised to t; after the last step by the clean known latent).
 
-* JAX: `seamless_jax.diffusion.sampler.make_bld_sampler` with the Flax UNet (`convert.load_unet`).
+* JAX: `seamless_jax.diffusion.sampler.make_bld_sampler` with the Flax UNet (`convert.read_unet`).
 * PyTorch: the same loop written here with diffusers' `UNet2DConditionModel` and
   `DDIMScheduler` (`add_noise`, `step`).
 
 Identical weights: a random diffusers UNet is saved to a temporary folder and loaded by
-`convert.load_unet`. Identical noise: the JAX sampler draws its noise from the key (initial
+`convert.read_unet`. Identical noise: the JAX sampler draws its noise from the key (initial
 latent from `split(key)[0]`, step i's blend noise from `split(fold_in(split(key)[1], i))[0]`);
 the same arrays are drawn here and handed to the PyTorch loop, so the two final latents can be
 compared (max abs diff printed). Timing: each framework is timed on its own after one warm-up
@@ -115,7 +115,7 @@ def build(config: dict, prediction_type: str, steps: int, device: str):
   reference = diffusers.UNet2DConditionModel(**config).eval()
   with tempfile.TemporaryDirectory() as folder:
     reference.save_pretrained(folder, safe_serialization=True)
-    module, params = convert.load_unet(folder)
+    module, params = convert.read_unet(folder)
   scheduler = diffusers.DDIMScheduler(prediction_type=prediction_type, **SCHEDULER)
   scheduler.set_timesteps(steps)
 

@@ -4,7 +4,7 @@
 
 Both models get identical random weights (the diffusers model is built from
 the SD-1.5 config, written to a temporary folder and loaded through
-`seamless_jax.convert.load_unet`). The outputs are compared first, so the
+`seamless_jax.convert.read_unet`). The outputs are compared first, so the
 timing is of two implementations of the same function. Prints one markdown
 table row per batch size, ready for docs/benchmarks.md.
 """
@@ -50,7 +50,7 @@ def main():
   reference = diffusers.UNet2DConditionModel(**config).eval()
   with tempfile.TemporaryDirectory() as folder:
     reference.save_pretrained(folder, safe_serialization=True)
-    module, params = convert.load_unet(folder, dtype=jnp.dtype(args.dtype))
+    module, params = convert.read_unet(folder, dtype=jnp.dtype(args.dtype))
   reference = reference.to(device=device, dtype=torch_dtype)
   params = jax.device_put(params)
   forward = jax.jit(module.apply)

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
                                  # (seamless_jax/models/attention.py)
   # --- compilation (seamless_jax/runtime/compilation.py)
   c.compilation_cache = True     # persistent XLA cache: a restart loads its programs from disk
-  c.compilation_cache_dir = ""   # where; '' = WORKDIR/xla_cache
+  c.compilation_cache_dir = ""   # where; '' = $JAX_COMPILATION_CACHE_DIR if set, else WORKDIR/xla_cache
   c.compilation_cache_min_secs = 1.0  # only programs that took this long to compile are cached
   # --- optimisation
   c.batch_size = 32              # GLOBAL batch (all devices, all hosts)

@@ -11,31 +11,71 @@ import os
 # CUDA plugin then registers without a driver, so tests can compile for GPU targets).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # pylint: disable=wrong-import-position
+
+# One persistent XLA cache for the session, its subprocesses, notebook kernels and xdist
+# workers (they inherit the environment; training honours JAX_COMPILATION_CACHE_DIR): the tiny
+# programs every training test builds compile once. Entries are keyed by their HLO, compile
+# options, devices and jax version, so a hit is the same executable.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="seamless_jax_xla_cache_")
+
+import filelock  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
-from seamless_jax.train import loop  # pylint: disable=wrong-import-position
 import tiny  # pylint: disable=wrong-import-position
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+from seamless_jax.train import loop  # pylint: disable=wrong-import-position
 
 
 def _train(mode: str, data_dir: str, workdir: str) -> str:
   """A tiny 2-step run saving steps 1 and 2, with a 2-image sample grid at step 2."""
   config = tiny.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
-                               sample_every=2)
+                            sample_every=2)
   config.sample.num_images, config.sample.num_inference_steps = 2, 2
   config.sample.prompt = "a photo"
   loop.train(config, workdir)
   return workdir
 
 
+def _built_once(tmp_path_factory, name: str, build) -> str:
+  """``build(folder)`` once per test run, also across xdist workers (they share the parent of
+  their base temp folders; a file lock makes the others wait and reuse the result)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  folder = os.path.join(str(root), name)
+  with filelock.FileLock(folder + ".lock"):
+    if not os.path.exists(os.path.join(folder, ".built")):
+      build(folder)
+      open(os.path.join(folder, ".built"), "w", encoding="utf-8").close()
+  return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-  return tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+  """The bundled photos at 32² (+ tokenizer), read-only for every test."""
+  return _built_once(tmp_path_factory, "tiny_data", tiny.write_tiny_data)
 
 
 @pytest.fixture(scope="session")
 def tiny_workdirs(tiny_data, tmp_path_factory):
   """``{'data', 'vae_finetune', 'two_step'}``: folders of two tiny 2-step training runs."""
-  root = tmp_path_factory.mktemp("workdirs")
-  return {"data": tiny_data,
-          "vae_finetune": _train("vae_finetune", tiny_data, os.path.join(root, "vae")),
-          "two_step": _train("two_step", tiny_data, os.path.join(root, "two_step"))}
+  def build(root):
+    for mode in ("vae_finetune", "two_step"):
+      _train(mode, tiny_data, os.path.join(root, mode))
+  root = _built_once(tmp_path_factory, "workdirs", build)
+  return {"data": tiny_data, "vae_finetune": os.path.join(root, "vae_finetune"),
+          "two_step": os.path.join(root, "two_step")}
+
+
+def pytest_collection_modifyitems(items):
+  """A test that needs the trained workdirs is slow: ``-m "not slow"`` trains nothing."""
+  for item in items:
+    if "tiny_workdirs" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)

@@ -263,11 +263,7 @@ np.savez(dump, __sharded__=np.int64(sharded), **flat)
 @pytest.mark.slow
 def test_checkpoint_saved_on_a_sharded_mesh_exports_on_one_host(tiny_workdirs, tmp_path):
   workdir, dump = str(tmp_path / "fsdp_run"), str(tmp_path / "saved.npz")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-                 [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_RUN, tiny_workdirs["data"], workdir,
-                         dump], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  proc = tiny.run_on_cpu_devices(8, ["-c", _SHARDED_RUN, tiny_workdirs["data"], workdir, dump])
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = dict(np.load(dump))
   assert saved.pop("__sharded__") > 0  # the checkpoint really holds fsdp-sharded params

@@ -35,14 +35,12 @@ def test_stop_and_resume_is_bitwise_identical(data_dir, tmp_path):
   n, k = 6, 3
   kwargs = dict(total_steps=n, checkpoint_every=k, log_every=1)
   full = str(tmp_path / "full")
-  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs),
-                                 full)["step"] == n
+  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs), full)["step"] == n
   split = str(tmp_path / "split")
   assert loop.train(
       tiny.tiny_config("two_step", data_dir, stop_at_step=k, **kwargs), split)["step"] == k
   assert ckpt_lib.Checkpointer(split).all_steps() == [k]
-  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs),
-                                 split)["step"] == n
+  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs), split)["step"] == n
   a, b = _final_state(full, n), _final_state(split, n)
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b) > 10

@@ -9,7 +9,6 @@ measured 8.3e-6 for 2x4 and 3.1e-6 for shard_map). Runs ~4 min on 2 cores: marke
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -77,15 +76,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tiny_data, tmp_path_factory):
   import tiny  # pylint: disable=import-outside-toplevel
-  data_dir = tiny.write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
   ckpt_dir = str(tmp_path_factory.mktemp("ckpt"))
   out = str(tmp_path_factory.mktemp("out") / "report.json")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), data_dir, ckpt_dir, out],
-                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  proc = tiny.run_on_cpu_devices(8, [os.path.abspath(__file__), tiny_data, ckpt_dir, out])
   assert proc.returncode == 0, proc.stderr[-5000:]
   with open(out, encoding="utf-8") as f:
     return json.load(f)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -83,3 +85,14 @@ def random_params(module, seed: int = 1):
     return (base + scale * rng.randn(*shape.shape)).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(draw, convert.param_shapes(module))
+
+
+def run_on_cpu_devices(count: int, args: list[str], timeout: int = 900):
+  """``python *args`` in a subprocess that sees ``count`` CPU devices (the multi-device
+  checks); the checkout and tests/ are importable there. Returns the ``CompletedProcess``."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={int(count)}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+                 [root, os.path.join(root, "tests"), os.environ.get("PYTHONPATH", "")]))
+  return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=timeout)

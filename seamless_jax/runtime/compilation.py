@@ -39,11 +39,13 @@ def run_once_options(platform: str | None = None) -> dict:
 
 
 def cache_dir(config, workdir: str | None) -> str | None:
-  """The cache folder: ``config.compilation_cache_dir``, else ``workdir/xla_cache``; ``None``
-  when ``config.compilation_cache`` is off or there is neither a folder nor a workdir."""
+  """The cache folder: ``config.compilation_cache_dir``, else JAX's own
+  ``$JAX_COMPILATION_CACHE_DIR`` when set (one cache for all runs), else ``workdir/xla_cache``;
+  ``None`` when ``config.compilation_cache`` is off or there is no folder to use."""
   if not config.get("compilation_cache", True):
     return None
-  configured = str(config.get("compilation_cache_dir", ""))
+  configured = str(config.get("compilation_cache_dir", "")) or os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR", "")
   if configured:
     return configured
   return os.path.join(workdir, CACHE_SUBDIR) if workdir else None
