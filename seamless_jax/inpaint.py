@@ -619,6 +619,7 @@ def _describe(info: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  verbosity = absl_logging.get_verbosity()
   if not args.verbose:  # orbax's notes while reading checkpoints are not the user's business
     absl_logging.set_verbosity(absl_logging.ERROR)
   hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
@@ -626,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(args)
   except (InputError, loading.SourceError) as e:
     raise SystemExit(f"error: {e}") from None
+  finally:  # main() is also called in-process (tests, notebooks): leave logging as it was
+    absl_logging.set_verbosity(verbosity)
   return 0
 
 
