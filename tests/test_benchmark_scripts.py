@@ -27,6 +27,7 @@ def test_attention_benchmark_rows_carry_times_and_a_small_gradient_difference():
     assert float(d[7]) < 1e-4                 # max abs gradient difference to jax.nn
 
 
+@pytest.mark.slow
 def test_remat_memory_prints_every_policy_for_the_unet_and_the_control():
   rows = run("remat_memory.py", "--unets=tiny", "--batch=1", "--latent=8")
   policies = [r.strip("| ").split(" | ")[1] for r in rows[1:]]
@@ -42,6 +43,7 @@ def test_conv_backward_prints_six_times_per_shape():
   assert cells[0] == "1x8x8x4x4" and len(cells) == 7
 
 
+@pytest.mark.slow
 def test_profile_unet_attributes_time_to_modules_and_primitives():
   proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "profile_unet.py"),
                          "--batch=1", "--latent=8", "--calls=1", "--top=50"],

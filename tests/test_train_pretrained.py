@@ -36,6 +36,7 @@ def _flat(tree):
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_two_step_trains_from_a_diffusers_folder(pretrained_dir):
   folder, data_dir, pipe = pretrained_dir
   config = two_step.get_config("sd15")

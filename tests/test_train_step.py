@@ -13,6 +13,8 @@ from seamless_jax.runtime import sharding as shd
 from seamless_jax.train import steps as steps_lib
 import tiny
 
+pytestmark = pytest.mark.slow  # every test here compiles and runs real train steps
+
 
 @pytest.fixture(scope="module")
 def data_dir(tiny_data):
@@ -73,7 +75,6 @@ def test_loss_falls_on_a_fixed_batch(trainer):
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.slow
 def test_grad_accumulation_matches_full_batch(trainer):
   """grad_accum_steps=2 averages 2 micro-batch gradients: the same loss and (pre-clipping)
   gradient norm as one full batch, up to float32 summation order."""
