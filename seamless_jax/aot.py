@@ -51,7 +51,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from seamless_jax import build as models_lib
+from seamless_jax import build
 from seamless_jax import convert
 from seamless_jax import inpaint
 from seamless_jax import objectives
@@ -255,7 +255,7 @@ def compile_sampler(config, target_name: str, batch: int, resolution: int, steps
     config.mode = objectives.TwoStep.name
   config_check.validate(config, shapes_only=True)
   mesh = target_mesh(config, t)
-  models = models_lib.build_models(config, shapes_only=True)
+  models = build.build_models(config, shapes_only=True)
   key = jax.random.PRNGKey(0)
   abstract = lambda m: jax.eval_shape(lambda: m.init(key, *m.dummy_inputs())["params"])
   pipe = convert.Pipeline(models.unet, abstract(models.unet), models.vae, abstract(models.vae),

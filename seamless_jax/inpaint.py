@@ -71,13 +71,13 @@ import numpy as np
 from absl import logging as absl_logging
 from PIL import Image
 
+from seamless_jax import build
 from seamless_jax import loading
 from seamless_jax.data import masks as masks_lib
 from seamless_jax.data import transforms
 from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import bld
 from seamless_jax.diffusion import schedule as schedule_lib
-from seamless_jax.models import vae as vae_lib
 from seamless_jax.runtime import hardware
 
 DEFAULT_PROMPT = "scenery"
@@ -280,7 +280,7 @@ class Inpainter:
     self.keep_method = keep_method
     self.vae_factor = int(vae.downscale)
     self.size_multiple = self.vae_factor * 2 ** (len(unet.block_out_channels) - 1)
-    self.scaling_factor = float(getattr(vae, "scaling_factor", vae_lib.SD15_SCALING_FACTOR))
+    self.scaling_factor = build.scaling_factor(vae)
     self.shift_factor = float(getattr(vae, "shift_factor", None) or 0.0)
     self.max_length = int(pipeline.text_encoder.max_position_embeddings)
     sc = {**schedule_lib.SD15_SCHEDULER, **(pipeline.scheduler_config or {})}

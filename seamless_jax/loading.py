@@ -37,8 +37,6 @@ from seamless_jax.diffusion import schedule as schedule_lib
 from seamless_jax.objectives.vae_finetune import VAE_DECODER_PARTS
 from seamless_jax.workdir import SourceError
 
-is_workdir = workdir_lib.is_workdir
-
 
 @dataclasses.dataclass
 class WorkdirModel:
@@ -155,7 +153,7 @@ def load_vae(source: str, *, step: int | None = None, ema: bool = True,
   ``diffusion_pytorch_model.safetensors``), or a training workdir (a ``vae_finetune`` run gives
   its trained VAE; a diffusion run the VAE it trained with).
   """
-  if is_workdir(source):
+  if workdir_lib.is_workdir(source):
     model = restore_workdir(source, step=step, ema=ema, dtype=dtype, attention=attention)
     return model.models.vae, model.vae_params
   folder = os.path.join(source, "vae") if os.path.isdir(os.path.join(source, "vae")) else source
@@ -185,7 +183,7 @@ def load_pipeline(model: str, *, step: int | None = None, ema: bool = True,
   source (see :func:`load_vae`) whose decoder replaces the model's; the encoder stays the
   model's. ``pipeline.info`` records what was loaded (source, step, ema, vae).
   """
-  if is_workdir(model):
+  if workdir_lib.is_workdir(model):
     pipe = _workdir_pipeline(model, step=step, ema=ema, dtype=dtype, attention=attention)
   else:
     _require_dir(model, "an SD-1.5 diffusers folder or a training workdir")

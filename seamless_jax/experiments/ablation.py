@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from seamless_jax import build as models_lib
+from seamless_jax import build
 from seamless_jax import convert
 from seamless_jax import loading
 from seamless_jax.data import demo
@@ -153,7 +153,7 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
     return
   tokenizer = CLIPTokenizer.from_folder(paths.tokenizer())
   unet_config = dict(scale.unet_config)
-  text_config = models_lib.tiny_text_config(tokenizer.vocab_size)
+  text_config = build.tiny_text_config(tokenizer.vocab_size)
   text_config["hidden_size"] = text_config["projection_dim"] = unet_config["cross_attention_dim"]
   vae = AutoencoderKL.from_config(scale.vae_config)
   unet = UNet2DConditionModel.from_config(unet_config)
