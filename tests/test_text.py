@@ -201,26 +201,3 @@ def test_transformers_saved_config_loads_and_unsupported_keys_fail(saved_referen
     CLIPTextModel.from_config({**config, "is_decoder": True})
   with pytest.raises(ValueError, match="num_hiden_layers"):
     CLIPTextModel.from_config({**config, "num_hiden_layers": 3})
-
-
-def test_missing_and_unexpected_weights_are_named(saved_reference):
-  _, folder = saved_reference
-  state = load_file(os.path.join(folder, "model.safetensors"))
-  shapes = convert.param_shapes(CLIPTextModel.from_config(presets.TINY_TEXT))
-  prefixed = {("" if k.startswith("text_model.") else "text_model.") + k: v
-              for k, v in state.items()}
-  broken = dict(prefixed)
-  del broken["text_model.final_layer_norm.weight"]
-  broken["text_model.extra.weight"] = np.zeros(3, np.float32)
-  with pytest.raises(convert.ConversionError) as info:
-    convert.state_dict_to_params(broken, shapes, source="text-dir")
-  message = str(info.value)
-  assert "missing (1): text_model.final_layer_norm.weight" in message
-  assert "unexpected (1): text_model.extra.weight" in message
-
-
-def test_pickle_only_folder_is_refused(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps(presets.TINY_TEXT))
-  (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
-  with pytest.raises(FileNotFoundError, match="safetensors"):
-    convert.read_text_encoder(str(tmp_path))

@@ -199,24 +199,3 @@ def test_unsupported_config_is_an_error_naming_the_key():
   with pytest.raises(ValueError, match="unsupported down block type 'DownBlock2D'"):
     AutoencoderKL.from_config({**presets.TINY_VAE,
                                "down_block_types": ["DownBlock2D", "DownEncoderBlock2D"]})
-
-
-def test_missing_and_unexpected_weights_are_named(saved_reference):
-  _, folder = saved_reference
-  state = load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
-  shapes = convert.param_shapes(AutoencoderKL.from_config(presets.TINY_VAE))
-  broken = dict(state)
-  del broken["decoder.conv_in.weight"]
-  broken["encoder.extra.weight"] = np.zeros(3, np.float32)
-  with pytest.raises(convert.ConversionError) as info:
-    convert.state_dict_to_params(broken, shapes, source="vae-dir")
-  message = str(info.value)
-  assert "missing (1): decoder.conv_in.weight" in message
-  assert "unexpected (1): encoder.extra.weight" in message
-
-
-def test_pickle_only_folder_is_refused(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps(presets.TINY_VAE))
-  (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not unpickled")
-  with pytest.raises(FileNotFoundError, match="safetensors"):
-    convert.read_vae(str(tmp_path))
