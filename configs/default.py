@@ -165,4 +165,8 @@ def apply_small_variant(c: ml_collections.ConfigDict, arg: str) -> ml_collection
   c.data.read_threads = 2
   c.data.prefetch_buffer_size = 16
   c.demo_data = arg == "demo"
+  # The two UNet calls unrolled: on a CPU, XLA runs the scan's while loop ~8x slower per step
+  # (2.7 s vs 0.35 s for the tiny two-step step on 2 cores) and compiles it no faster; the
+  # scan is for accelerators, where it halves compile time and host RAM (same values).
+  c.two_step.scan_calls = False
   return c
