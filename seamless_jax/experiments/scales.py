@@ -121,9 +121,10 @@ def get_scale(name: str, **overrides) -> Scale:
 
 # ============================================================================ configs
 
-# Stage name -> training mode.
+# Stage name -> training mode (the config file it starts from).
 STAGE_MODES = {"base_vae": "vae_finetune", "base_unet": "standard", "eq6_vae": "vae_finetune",
                "two_step": "two_step", "standard": "standard"}
+VAE_STAGES = ("base_vae", "eq6_vae")
 
 
 def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
@@ -138,9 +139,8 @@ def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
   scale's models, steps and learning rates; ``sd15`` keeps the paper's ``:sd15`` settings.
   ``configs_dir``: the folder of the mode configs (default: the checkout's ``configs/``).
   """
-  mode = STAGE_MODES[stage]
   variant = "sd15" if scale.name == "sd15" else "tiny"
-  c = config_files.load(mode, variant, folder=configs_dir)
+  c = config_files.load(STAGE_MODES[stage], variant, folder=configs_dir)
   c.model = "sd15"  # = load every part from the diffusers folder ``pretrained``
   c.pretrained = pretrained
   c.vae_pretrained = vae_pretrained
@@ -167,25 +167,37 @@ def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
   c.sample_every = scale.sample_every if stage in ("eq6_vae", "two_step", "standard") else 0
   if scale.from_scratch:  # the default 8 px margin around salient pixels is large at 64 px
     c.data.masks.saliency_margin = max(2, scale.resolution // 32)
-  if mode == "vae_finetune":
-    c.vae.lpips_path = lpips_path
-    if lpips_path:
-      c.vae.lpips_weight = 1.0
-    elif scale.name == "sd15":
-      raise ValueError("--lpips is required at --scale=sd15 (the SD-VAE recipe's LPIPS term)")
-    if scale.from_scratch:
-      c.vae.disc_factor = 0.0  # no PatchGAN at the small scales (L1 + KL only)
-      c.vae.disc_start = steps + 1
+  if stage in VAE_STAGES:
+    _set_vae_stage(c, scale, stage, lpips_path)
+  if scale.from_scratch:
+    _set_from_scratch(c, scale, stage)
+  return c
+
+
+def _set_vae_stage(c: ml_collections.ConfigDict, scale: Scale, stage: str,
+                   lpips_path: str) -> None:
+  """The VAE stages' losses (LPIPS, PatchGAN) and what they train."""
+  c.vae.lpips_path = lpips_path
+  if lpips_path:
+    c.vae.lpips_weight = 1.0
+  elif scale.name == "sd15":
+    raise ValueError("--lpips is required at --scale=sd15 (the SD-VAE recipe's LPIPS term)")
+  if scale.from_scratch:
+    c.vae.disc_factor = 0.0  # no PatchGAN at the small scales (L1 + KL only)
+    c.vae.disc_start = int(c.total_steps) + 1
   if stage == "base_vae":
     c.vae.train_encoder = True  # from scratch: encoder and decoder
     c.vae.blend = False         # plain reconstruction D(E(x)): the base VAE knows no blending
-    c.warmup_steps = min(50, steps // 10)
-  if scale.from_scratch:
-    c.ema_decay = 0.0 if mode == "vae_finetune" else 0.99
-    c.warmup_steps = min(int(c.warmup_steps), max(steps // 10, 1))
-    if stage == "base_unet":
-      c.lr_schedule = "cosine"
-      c.end_lr_factor = 0.1
-    c.sample.num_inference_steps = min(scale.num_inference_steps, 20)
-    c.sample.num_images = 4
-  return c
+    c.warmup_steps = min(50, int(c.total_steps) // 10)
+
+
+def _set_from_scratch(c: ml_collections.ConfigDict, scale: Scale, stage: str) -> None:
+  """Short CPU runs: EMA for the UNets only, short warm-up, a cosine base UNet, quick samples."""
+  steps = int(c.total_steps)
+  c.ema_decay = 0.0 if stage in VAE_STAGES else 0.99
+  c.warmup_steps = min(int(c.warmup_steps), max(steps // 10, 1))
+  if stage == "base_unet":
+    c.lr_schedule = "cosine"
+    c.end_lr_factor = 0.1
+  c.sample.num_inference_steps = min(scale.num_inference_steps, 20)
+  c.sample.num_images = 4
