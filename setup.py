@@ -30,6 +30,7 @@ EXTRAS_REQUIRE = {
         "nbformat",
         "ipykernel",
         "pytest",
+        "playwright",  # drives Debian's chromium in tests/test_app_browser.py (no browser download)
         "pytest-xdist",  # pytest.ini runs the suite on up to 4 processes (filelock: shared fixtures)
         "filelock",
         "pytorch-fid",
@@ -41,6 +42,8 @@ EXTRAS_REQUIRE = {
     "eval": ["pytorch-fid", "torch", "torchvision", "transformers"],
     # notebooks/: figures, and train_tiny.ipynb runs its export in diffusers.
     "notebooks": ["diffusers>=0.30", "ipykernel", "matplotlib", "torch", "transformers"],
+    # The web app (python -m seamless_jax.app); nothing else imports gradio.
+    "app": ["gradio>=6.0,<7"],
     # Figures of the ablation report (seamless_jax.experiments.report).
     "experiments": ["matplotlib"],
     # python -m seamless_jax.aot: compile for TPU slices (libtpu) and NVIDIA GPUs (the CUDA PJRT

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from seamless_jax import inpaint
 from seamless_jax import metrics
+from seamless_jax import pictures
 
 GREY = np.array([128, 128, 128], np.uint8)
 
@@ -26,22 +27,9 @@ def astronaut(size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.LANCZOS))
 
 
-def close_up(image: np.ndarray, mask: np.ndarray, side: int) -> np.ndarray:
-  """A ``side`` x ``side`` crop centred on the hole's border pixel nearest the hole's centre."""
-  hole = mask > 127
-  padded = np.pad(hole, 1, mode="edge")
-  next_to_known = ~(padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
-  border = np.argwhere(hole & next_to_known)
-  row, col = border[np.argmin(((border - np.argwhere(hole).mean(axis=0)) ** 2).sum(axis=1))]
-  top = int(np.clip(row - side // 2, 0, image.shape[0] - side))
-  left = int(np.clip(col - side // 2, 0, image.shape[1] - side))
-  return image[top:top + side, left:left + side]
-
-
 def panel(image: np.ndarray, height: int) -> Image.Image:
-  scale = max(height // image.shape[0], 1)
-  return Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
-                                       Image.NEAREST)
+  """``image`` enlarged (nearest, a whole factor) to about ``height`` px."""
+  return Image.fromarray(pictures.upscale_nearest(image, height))
 
 
 def figure_row(pipe, image, mask, steps: int, height: int, label: str, paste_back: bool):
@@ -50,7 +38,7 @@ def figure_row(pipe, image, mask, steps: int, height: int, label: str, paste_bac
   before = np.where(keep[..., None], image, GREY)
   side = image.shape[0] // 2
   panels = [panel(before, height), panel(result, height),
-            panel(close_up(result, mask, side), height)]
+            panel(pictures.close_up(result, keep, side), height)]
   cd = metrics.color_distance(result, keep), metrics.color_distance(image, keep)
   print(f"{label}: CD of the result {cd[0]:.2f} (photo on the same border {cd[1]:.2f})")
   return panels, f"{label}: before | after | border close-up (CD {cd[0]:.1f})"

@@ -44,6 +44,9 @@ Conventions and rules
 * ``paste_back``: copies the input's known pixels over the output. The Eq. 6 decoder is trained
   so that the decoded known region already matches the input without a visible seam, so the
   paper's system does not need it; it makes the known region exact (e.g. for plain SD-1.5).
+  :func:`paste_known` with ``blur`` > 0 is the feathered variant (the web app offers both).
+* Other decoders: :meth:`Inpainter.generate` also returns the final latents, and
+  :meth:`Inpainter.decode` renders them with another VAE's decoder (same latents, same seed).
 * Randomness: image ``i`` sample ``j`` uses the key ``fold_in(PRNGKey(seed_i), j)``, so results
   do not depend on batching: a batch call equals one call per image with the same seed.
 * Compilation: one XLA program per (batch, padded size, steps); params are arguments (never
@@ -58,18 +61,20 @@ console.import_jax_quietly()  # first: no JAX plugin start-up chatter on this co
 # pylint: disable=wrong-import-position
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 from PIL import Image
+from scipy import ndimage
 
 from seamless_jax import build
 from seamless_jax import loading
@@ -261,6 +266,52 @@ class RunStats:
     return self.sample_s / max(self.images, 1)
 
 
+@dataclasses.dataclass
+class Generation:
+  """What :meth:`Inpainter.generate` made; row ``r`` is input ``rows[r]`` (image-major: sample
+  ``r % num_images`` of image ``r // num_images``).
+
+  images: uint8 (N, H, W, 3) as decoded (no paste-back).
+  latents: (N, Hp/f, Wp/f, 4) float32, the final blended latents (scaled; Hp, Wp: padded size).
+  sources: uint8 (count, H, W, 3) the input images; keeps: bool (count, H, W), True = known.
+  rows: (N,) int, the input of each row; :attr:`inputs` and :attr:`keep` are per row.
+  """
+  images: np.ndarray
+  latents: np.ndarray
+  sources: np.ndarray
+  keeps: np.ndarray
+  rows: np.ndarray
+
+  @property
+  def inputs(self) -> np.ndarray:
+    """uint8 (N, H, W, 3): the input image of each row."""
+    return self.sources[self.rows]
+
+  @property
+  def keep(self) -> np.ndarray:
+    """bool (N, H, W): the known pixels of each row."""
+    return self.keeps[self.rows]
+
+
+def paste_known(results: np.ndarray, inputs: np.ndarray, keep: np.ndarray,
+                blur: float = 0.0) -> np.ndarray:
+  """The input's known pixels over the results, all uint8 (N, H, W, 3); ``keep`` bool (N, H, W).
+
+  ``blur`` = 0: a hard paste (known pixels exact, the decoder's seam moves to the mask border).
+  ``blur`` > 0: a feathered paste: the input's weight is ``keep · G_blur(keep)`` (Gaussian of
+  σ = ``blur`` px over each image), so it falls from 1 deep in the known region to about 1/2 on
+  its border and is 0 in the generated region: the step at the border is softened inside the
+  known region, never by the original pixels under the hole.
+  """
+  known = np.asarray(keep, bool)[..., None]
+  if blur <= 0:
+    return np.where(known, inputs, results)
+  soft = ndimage.gaussian_filter(known.astype(np.float32), sigma=(0, blur, blur, 0))
+  weight = known * soft
+  mixed = weight * inputs.astype(np.float32) + (1.0 - weight) * results.astype(np.float32)
+  return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
 class Inpainter:
   """BLD inpainting/outpainting with one loaded pipeline (see the module doc for the rules).
 
@@ -300,8 +351,10 @@ class Inpainter:
               "text": pipeline.text_encoder_params}
     shapes_only = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
     self.params = params if shapes_only else jax.device_put(params)
-    self._jitted: dict[int, Callable] = {}
+    self._jitted: dict[tuple, Callable] = {}
     self._compiled: dict[tuple, Callable] = {}
+    self._decode: Callable | None = None
+    self._step_listener: Callable[[int], None] | None = None
     self.stats = RunStats()
 
   @classmethod
@@ -342,11 +395,33 @@ class Inpainter:
       seed: one for all images or one per image (see the module doc on keys).
       num_images: samples per image; the result list is image-major
         (``[img0_s0, img0_s1, ..., img1_s0, ...]``).
+      paste_back: copy the known pixels of the input over each result (:func:`paste_known`).
       batch_size: most samples per device call (None = all in one call); the last call is
         padded to the same size, so one program serves every call.
       progress: a progress bar over images (stderr).
     Returns:
       ``len(images) * num_images`` uint8 (H, W, 3) arrays.
+    """
+    generation = self.generate(images, masks, prompts, negative_prompts,
+                               num_inference_steps=num_inference_steps,
+                               guidance_scale=guidance_scale, seed=seed, num_images=num_images,
+                               batch_size=batch_size, progress=progress)
+    results = generation.images
+    if paste_back:
+      results = paste_known(results, generation.inputs, generation.keep)
+    return list(results)
+
+  def generate(self, images: Sequence, masks: Sequence,
+               prompts: str | Sequence[str] = DEFAULT_PROMPT,
+               negative_prompts: str | Sequence[str] = "", *, num_inference_steps: int = 50,
+               guidance_scale: float = 3.0, seed: int | Sequence[int] = 0, num_images: int = 1,
+               batch_size: int | None = None, progress: bool = False,
+               on_step: Callable[[int, int], None] | None = None) -> Generation:
+    """:meth:`batch` without paste-back, returning the latents and inputs too.
+
+    ``on_step(done, total)`` hears each DDIM step as the device runs it (``total`` = steps x
+    device calls; a program with the report compiled in, once per shape). The result's
+    ``latents`` can be rendered by another decoder with :meth:`decode`.
     """
     count = len(images)
     if count == 0 or len(masks) != count:
@@ -376,13 +451,24 @@ class Inpainter:
               "cond_ids": self._tokenize([prompts[i] for i in rows]),
               "uncond_ids": self._tokenize([negative_prompts[i] for i in rows]),
               "keys": np.concatenate([bld.per_image_keys(s, n) for s in seeds])}
-    decoded = self._generate(inputs, int(num_inference_steps), float(guidance_scale),
-                             batch_size, progress)
-    results = transforms.image_to_uint8(decoded[:, :height, :width])
-    if paste_back:
-      known = keeps[rows][..., None]
-      results = np.where(known, np.stack(images)[rows], results)
-    return list(results)
+    decoded, latents = self._generate(inputs, int(num_inference_steps), float(guidance_scale),
+                                      batch_size, progress, on_step)
+    return Generation(transforms.image_to_uint8(decoded[:, :height, :width]), latents,
+                      np.stack(images), keeps, rows)
+
+  def decode(self, generation: Generation, vae_params: dict | None = None) -> np.ndarray:
+    """``generation.latents`` rendered by the decoder of ``vae_params`` (a full VAE param tree
+    such as :func:`seamless_jax.loading.with_decoder` gives; None = this pipeline's) -> uint8
+    (N, H, W, 3) at the generation's size (one compiled program per latent shape)."""
+    vae = self.pipeline.vae
+    if self._decode is None:
+      self._decode = jax.jit(functools.partial(bld.decode, vae,
+                                               scaling_factor=self.scaling_factor,
+                                               shift_factor=self.shift_factor))
+    params = self.params["vae"] if vae_params is None else vae_params
+    decoded = np.asarray(jax.device_get(self._decode(params, generation.latents)))
+    height, width = generation.images.shape[1:3]
+    return transforms.image_to_uint8(decoded[:, :height, :width])
 
   # ------------------------------------------------------------------ internals
 
@@ -399,49 +485,63 @@ class Inpainter:
                          f"latent cell = {self.vae_factor}x{self.vae_factor} px); enlarge it")
 
   def _generate(self, inputs: dict, steps: int, guidance: float, batch_size: int | None,
-                progress: bool) -> np.ndarray:
-    """Runs the compiled program over chunks of ``batch_size`` rows; (N, Hp, Wp, 3) float32."""
+                progress: bool, on_step: Callable[[int, int], None] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the compiled program over chunks of ``batch_size`` rows; returns the decoded images
+    (N, Hp, Wp, 3) float32 and the final latents (N, Hp/f, Wp/f, 4) float32."""
     total = inputs["image"].shape[0]
     chunk = total if not batch_size else max(1, min(int(batch_size), total))
     self.stats = RunStats()
     parts = [{k: _pad_rows(v[start:start + chunk], chunk) for k, v in inputs.items()}
              for start in range(0, total, chunk)]
-    compiled = self._program(parts[0], steps)  # every chunk has this shape
+    compiled = self._program(parts[0], steps, on_step is not None)  # every chunk has this shape
     bar = _Progress(total, progress)
-    outputs = []
+    outputs, latents = [], []
     try:
-      for start, part in zip(range(0, total, chunk), parts):
+      for index, (start, part) in enumerate(zip(range(0, total, chunk), parts)):
+        if on_step is not None:
+          self._step_listener = functools.partial(_report_step, on_step, index * steps,
+                                                  len(parts) * steps)
         t0 = time.perf_counter()
-        out = compiled(self.params, part["image"], part["keep"], part["cond_ids"],
-                       part["uncond_ids"], part["keys"], self.alphas_cumprod,
-                       np.float32(guidance))
-        out = np.asarray(jax.device_get(out))[:min(chunk, total - start)]
+        out, z = compiled(self.params, part["image"], part["keep"], part["cond_ids"],
+                          part["uncond_ids"], part["keys"], self.alphas_cumprod,
+                          np.float32(guidance))
+        rows = min(chunk, total - start)
+        out, z = (np.asarray(x)[:rows] for x in jax.device_get((out, z)))
         seconds = time.perf_counter() - t0
         self.stats.sample_s += seconds
         self.stats.images += len(out)
         outputs.append(out)
+        latents.append(z)
         bar.update(len(out), seconds)
     finally:
+      self._step_listener = None
       bar.close()
-    return np.concatenate(outputs)
+    return np.concatenate(outputs), np.concatenate(latents)
 
-  def sample_program(self, steps: int) -> tuple[Callable, Callable]:
-    """``(jitted, arguments)``: the sampler for ``steps`` DDIM steps, and
-    ``arguments(part)`` -> its arguments for a chunk ``part`` (arrays or
-    ``jax.ShapeDtypeStruct``s: :mod:`seamless_jax.aot` compiles it from shapes)."""
-    if steps not in self._jitted:
-      self._jitted[steps] = jax.jit(functools.partial(self._sample, num_inference_steps=steps))
+  def sample_program(self, steps: int, report_steps: bool = False) -> tuple[Callable, Callable]:
+    """``(jitted, arguments)``: the sampler for ``steps`` DDIM steps (returning the decoded
+    images and the final latents; ``report_steps``: with the step report of
+    :meth:`generate`'s ``on_step`` compiled in), and ``arguments(part)`` -> its arguments for a
+    chunk ``part`` (arrays or ``jax.ShapeDtypeStruct``s: :mod:`seamless_jax.aot` compiles it
+    from shapes)."""
+    if (steps, report_steps) not in self._jitted:
+      self._jitted[steps, report_steps] = jax.jit(functools.partial(
+          self._sample, num_inference_steps=steps,
+          step_callback=self._step_reported if report_steps else None))
 
     def arguments(part: dict) -> tuple:
       return (self.params, part["image"], part["keep"], part["cond_ids"], part["uncond_ids"],
               part["keys"], self.alphas_cumprod, np.float32(0))
-    return self._jitted[steps], arguments
+    return self._jitted[steps, report_steps], arguments
 
-  def _program(self, part: dict, steps: int) -> Callable:
-    """The compiled sampler for these shapes (compiled once per shape and step count)."""
-    signature = (steps,) + tuple((k, v.shape, str(v.dtype)) for k, v in sorted(part.items()))
+  def _program(self, part: dict, steps: int, report_steps: bool = False) -> Callable:
+    """The compiled sampler for these shapes (compiled once per shape, step count and
+    whether it reports steps)."""
+    signature = (steps, report_steps) + tuple((k, v.shape, str(v.dtype))
+                                              for k, v in sorted(part.items()))
     if signature not in self._compiled:
-      jitted, arguments = self.sample_program(steps)
+      jitted, arguments = self.sample_program(steps, report_steps)
       t0 = time.perf_counter()
       self._compiled[signature] = jitted.lower(*arguments(part)).compile()
       self.stats.compile_s += time.perf_counter() - t0
@@ -452,15 +552,32 @@ class Inpainter:
     """How many programs were compiled so far (one per shape and step count)."""
     return len(self._compiled)
 
+  def _step_reported(self, index) -> None:
+    """The host end of the compiled step report: passes it to the current call's listener."""
+    listener = self._step_listener
+    if listener is not None:
+      listener(int(index))
+
   def _sample(self, params, image, keep, cond_ids, uncond_ids, keys, alphas_cumprod,
-              guidance_scale, *, num_inference_steps: int):
-    """image (N, H, W, 3) [-1, 1]; keep (N, H, W, 1); ids (N, L); keys (N, 2) -> (N, H, W, 3)."""
+              guidance_scale, *, num_inference_steps: int, step_callback=None):
+    """image (N, H, W, 3) [-1, 1]; keep (N, H, W, 1); ids (N, L); keys (N, 2) ->
+    (images (N, H, W, 3), latents (N, H/f, W/f, 4))."""
     pipe = self.pipeline
-    return bld.inpaint(pipe.unet, pipe.vae, pipe.text_encoder, params, image, keep, cond_ids,
-                       uncond_ids, keys, alphas_cumprod, guidance_scale,
-                       num_inference_steps=num_inference_steps,
-                       scaling_factor=self.scaling_factor, shift_factor=self.shift_factor,
-                       keep_method=self.keep_method, sampler_options=self.sampler_options)
+    options = dict(self.sampler_options, step_callback=step_callback)
+    z = bld.sample_latents(pipe.unet, pipe.vae, pipe.text_encoder, params, image, keep,
+                           cond_ids, uncond_ids, keys, alphas_cumprod, guidance_scale,
+                           num_inference_steps=num_inference_steps,
+                           scaling_factor=self.scaling_factor, shift_factor=self.shift_factor,
+                           keep_method=self.keep_method, sampler_options=options)
+    images = bld.decode(pipe.vae, params["vae"], z, scaling_factor=self.scaling_factor,
+                        shift_factor=self.shift_factor)
+    return images, z
+
+
+def _report_step(on_step: Callable[[int, int], None], offset: int, total: int,
+                 index: int) -> None:
+  """``on_step(offset + index + 1, total)``: a chunk's step index as steps of the whole call."""
+  on_step(offset + index + 1, total)
 
 
 def _per_image(value, count: int, name: str) -> list:
@@ -526,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
   model.add_argument("--vae", default=None,
                      help="VAE folder or vae_finetune workdir: its decoder replaces the model's "
                           "(the encoder stays the model's)")
-  model.add_argument("--vae-step", type=int, default=None, help="step of a --vae workdir")
+  model.add_argument("--vae-step", type=int, default=None,
+                     help="step of a --vae workdir (default: the latest)")
   model.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                      help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
   model.add_argument("--attention", default=None, choices=("xla", "cudnn"),
@@ -538,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                   help="grow the canvas by these pixels and generate the new area")
   io.add_argument("--outpaint-fill", default="edge", choices=OUTPAINT_FILLS,
                   help="what the saved canvas shows in the new area before generation "
-                       "(the model never sees it)")
+                       "(the model never sees it; default: edge)")
   io.add_argument("--out", default="outputs",
                   help="output file (.png/.jpg...: several results become <stem>_<i>.png) or "
                        "folder (results <image stem>_<i>.png); default: outputs/")
@@ -548,11 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
   sampling = parser.add_argument_group("sampling")
   sampling.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: scenery)")
   sampling.add_argument("--negative-prompt", default="",
-                        help="negative prompt (the unconditional text of CFG)")
+                        help="negative prompt, the unconditional text of CFG (default: empty)")
   sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
   sampling.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
   sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-  sampling.add_argument("--num-images", type=int, default=1, help="samples to generate")
+  sampling.add_argument("--num-images", type=int, default=1,
+                        help="samples to generate, each with its own noise (default 1)")
   sampling.add_argument("--batch-size", type=int, default=None,
                         help="most samples per device call (default: all in one call)")
   parser.add_argument("--verbose", action="store_true",
@@ -586,7 +705,7 @@ def run(args) -> list[str]:
   t0 = time.perf_counter()
   pipe = Inpainter.load(args.model, vae=args.vae, step=args.step, ema=args.ema,
                         vae_step=args.vae_step, dtype=args.dtype, attention=args.attention)
-  print(f"loaded {_describe(pipe.info)} in {time.perf_counter() - t0:.1f}s "
+  print(f"loaded {describe(pipe.info)} in {time.perf_counter() - t0:.1f}s "
         f"({pipe.prediction_type}, {'9-channel' if pipe.inpaint_channels else 'BLD'} UNet)",
         file=sys.stderr)
   results = pipe(image, mask, args.prompt, args.negative_prompt, num_inference_steps=args.steps,
@@ -608,7 +727,8 @@ def run(args) -> list[str]:
   return paths
 
 
-def _describe(info: dict) -> str:
+def describe(info: dict) -> str:
+  """What ``Inpainter.info`` says was loaded, in a few words (source, step, params, decoder)."""
   text = info.get("source", "?")
   if info.get("kind") == "workdir":
     text += f" (step {info['step']}, {'EMA' if info['ema'] else 'raw'} params)"
@@ -617,18 +737,28 @@ def _describe(info: dict) -> str:
   return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def user_command(verbose: bool = False) -> Iterator[None]:
+  """The console of a command that loads a model for a user (this one, the web app): library
+  log lines hidden unless ``verbose``, JAX backends started without the plugins' chatter, and
+  :class:`InputError` / ``SourceError`` turned into a one-line ``error: ...`` exit (status 1).
+  Leaves the absl verbosity as it was (commands also run in-process: tests, notebooks)."""
   verbosity = absl_logging.get_verbosity()
-  if not args.verbose:  # orbax's notes while reading checkpoints are not the user's business
+  if not verbose:  # orbax's notes while reading checkpoints are not the user's business
     absl_logging.set_verbosity(absl_logging.ERROR)
   hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
   try:
-    run(args)
+    yield
   except (InputError, loading.SourceError) as e:
     raise SystemExit(f"error: {e}") from None
-  finally:  # main() is also called in-process (tests, notebooks): leave logging as it was
+  finally:
     absl_logging.set_verbosity(verbosity)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  with user_command(args.verbose):
+    run(args)
   return 0
 
 

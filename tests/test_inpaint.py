@@ -146,6 +146,46 @@ def test_paste_back_keeps_the_known_region_exactly(full_system):
   assert np.abs(raw[known].astype(int) - image[known].astype(int)).max() > 0  # a tiny VAE's error
 
 
+def test_pil_inputs_give_what_arrays_give(full_system):
+  """README's snippet: PIL images and masks work as uint8 arrays do; results are uint8 arrays."""
+  image, mask = _image(), _mask()
+  [from_pil] = full_system(Image.fromarray(image), Image.fromarray(mask),
+                           num_inference_steps=STEPS, seed=7)
+  [from_arrays] = full_system(image, mask, num_inference_steps=STEPS, seed=7)
+  assert isinstance(from_pil, np.ndarray) and from_pil.dtype == np.uint8
+  np.testing.assert_array_equal(from_pil, from_arrays)
+
+
+def test_generate_returns_the_latents_another_decoder_can_render(full_system):
+  heard = []
+  generation = full_system.generate([_image()], [_mask()], num_inference_steps=STEPS, seed=3,
+                                    on_step=lambda done, total: heard.append((done, total)))
+  [plain] = full_system(_image(), _mask(), num_inference_steps=STEPS, seed=3)
+  assert np.abs(generation.images[0].astype(int) - plain.astype(int)).max() <= 1
+  factor = full_system.vae_factor
+  padded = -(-H // full_system.size_multiple) * full_system.size_multiple
+  assert generation.latents.shape[:3] == (1, padded // factor,
+                                          -(-W // full_system.size_multiple)
+                                          * full_system.size_multiple // factor)
+  assert sorted(heard) == [(i, STEPS) for i in range(1, STEPS + 1)]
+  again = full_system.decode(generation)  # the pipeline's own decoder: the same images
+  assert np.abs(again.astype(int) - generation.images.astype(int)).max() <= 1
+  np.testing.assert_array_equal(generation.keep[0], _mask() < 128)
+  np.testing.assert_array_equal(generation.inputs[0], _image())
+
+
+def test_blurred_paste_back_feathers_inside_the_known_region_only():
+  inputs = np.full((1, 24, 24, 3), 250, np.uint8)
+  results = np.zeros((1, 24, 24, 3), np.uint8)
+  keep = np.ones((1, 24, 24), bool)
+  keep[:, :, 12:] = False
+  soft = inpaint.paste_known(results, inputs, keep, blur=2.0)[0, 5, :, 0]
+  assert (soft[12:] == 0).all() and soft[0] == 250  # hole untouched, deep known region exact
+  assert np.all(np.diff(soft[:12].astype(int)) <= 0) and 0 < soft[11] < 250  # a soft fall
+  hard = inpaint.paste_known(results, inputs, keep)[0, 5, :, 0]
+  assert (hard[:12] == 250).all() and (hard[12:] == 0).all()
+
+
 def test_thin_hole_is_refused(full_system):
   mask = np.zeros((H, W), np.uint8)
   mask[4, 4] = 255  # one pixel that no latent cell samples (nearest picks odd pixels at factor 2)

@@ -11,12 +11,13 @@ CHECKOUT_ONLY = ("configs", "tests", "tiny", "benchmarks")
 
 # Bottom to top; a module may import its own layer (without circles) and the layers below.
 LAYERS = (
-    ("foundation", ("console", "models", "data", "diffusion", "runtime", "metrics")),
+    ("foundation", ("console", "models", "data", "diffusion", "runtime", "metrics",
+                    "pictures")),
     ("model folders", ("convert",)),
     ("neutral", ("objectives", "build", "workdir", "config_files")),
     ("loading", ("loading",)),
     ("training", ("train",)),
-    ("applications", ("inpaint", "export", "eval", "aot", "main")),
+    ("applications", ("inpaint", "export", "eval", "aot", "main", "app")),
     ("experiments", ("experiments",)),
 )
 # Imported inside functions on purpose: optional extras (by top-level name), and what must load
@@ -26,6 +27,7 @@ LAYERS = (
 LAZY_OPTIONAL = {
     "torch", "torchvision", "transformers", "diffusers", "pytorch_fid",  # [eval] / [test]
     "matplotlib",                                                         # [experiments]
+    "gradio",                                                             # [app]
     "tensorflow_datasets",                                                # data.source='tfds'
     "tqdm", "ftfy", "sklearn",                                            # used when installed
 }

@@ -2,7 +2,9 @@
 
 One function, :func:`inpaint`, serves the sample grids logged during training (the diffusion
 objectives) and :class:`seamless_jax.inpaint.Inpainter`, so the seam CD that training logs is
-the one ``Inpainter`` gives for the same model, inputs and keys.
+the one ``Inpainter`` gives for the same model, inputs and keys. It is :func:`decode` of
+:func:`sample_latents`; the two halves let a caller render the same latents with another decoder
+(the web app's base-vs-Eq. 6 comparison).
 
 Conventions: images NHWC float in [−1, 1], ``keep`` (N, H, W, 1) = 1 on known pixels; latents
 are ``(E(x·keep) − shift_factor)·scaling_factor`` (diffusers' convention; SD-1.5 has no shift).
@@ -29,7 +31,20 @@ def inpaint(unet, vae, text, params: dict, image, keep, cond_ids, uncond_ids, ke
             alphas_cumprod, guidance_scale, *, num_inference_steps: int,
             scaling_factor: float, shift_factor: float = 0.0, keep_method: str = "nearest",
             sampler_options: dict | None = None):
-  """BLD inpainting of a batch -> (N, H, W, 3) float32 in [−1, 1] (traceable).
+  """BLD inpainting of a batch -> (N, H, W, 3) float32 in [−1, 1] (traceable): the decoded
+  :func:`sample_latents` (same arguments)."""
+  z = sample_latents(unet, vae, text, params, image, keep, cond_ids, uncond_ids, keys,
+                     alphas_cumprod, guidance_scale, num_inference_steps=num_inference_steps,
+                     scaling_factor=scaling_factor, shift_factor=shift_factor,
+                     keep_method=keep_method, sampler_options=sampler_options)
+  return decode(vae, params["vae"], z, scaling_factor=scaling_factor, shift_factor=shift_factor)
+
+
+def sample_latents(unet, vae, text, params: dict, image, keep, cond_ids, uncond_ids, keys,
+                   alphas_cumprod, guidance_scale, *, num_inference_steps: int,
+                   scaling_factor: float, shift_factor: float = 0.0,
+                   keep_method: str = "nearest", sampler_options: dict | None = None):
+  """The final blended BLD latents of a batch, (N, H/f, W/f, 4) float32, scaled (traceable).
 
   Args:
     unet, vae, text: the Flax modules; ``params``: ``{'unet', 'vae', 'text'}`` param trees.
@@ -39,7 +54,7 @@ def inpaint(unet, vae, text, params: dict, image, keep, cond_ids, uncond_ids, ke
     keys: (N, 2) uint32, one PRNG key per image (:func:`per_image_keys`).
     alphas_cumprod: (T,) of the training schedule; guidance_scale: CFG scale (may be traced).
     sampler_options: further :func:`seamless_jax.diffusion.sampler.bld_sample` options
-      (``prediction_type``, ``steps_offset``, ``inpaint_channels``...).
+      (``prediction_type``, ``steps_offset``, ``inpaint_channels``, ``step_callback``...).
   """
   mean, _ = vae.apply({"params": params["vae"]}, image * keep, method=vae.encode)
   z0_known = (mean.astype(jnp.float32) - shift_factor) * scaling_factor
@@ -56,6 +71,10 @@ def inpaint(unet, vae, text, params: dict, image, keep, cond_ids, uncond_ids, ke
                            guidance_scale=guidance_scale, **(sampler_options or {}))
     return z[0]
 
-  z = jax.vmap(one)(z0_known, keep_latent, cond, uncond, keys)
-  x = vae.apply({"params": params["vae"]}, z / scaling_factor + shift_factor, method=vae.decode)
+  return jax.vmap(one)(z0_known, keep_latent, cond, uncond, keys)
+
+
+def decode(vae, vae_params: dict, z, *, scaling_factor: float, shift_factor: float = 0.0):
+  """Scaled latents (N, h, w, 4) -> images (N, h·f, w·f, 3) float32 in [−1, 1] (traceable)."""
+  x = vae.apply({"params": vae_params}, z / scaling_factor + shift_factor, method=vae.decode)
   return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)

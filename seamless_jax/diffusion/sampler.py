@@ -40,7 +40,8 @@ def bld_sample(model_fn: Callable, params, z0_known, keep, cond, uncond, key, al
                *, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                prediction_type: str = sched.TRAINED_PREDICTION_TYPE, eta: float = 0.0,
                inpaint_channels: bool = False, set_alpha_to_one: bool = False,
-               steps_offset: int = 1, spacing: str = "leading", init_latent=None):
+               steps_offset: int = 1, spacing: str = "leading", init_latent=None,
+               step_callback: Callable[[jax.Array], None] | None = None):
   """Runs BLD/DDIM sampling and returns the final blended latent (B, h, w, 4) float32.
 
   Args:
@@ -54,6 +55,9 @@ def bld_sample(model_fn: Callable, params, z0_known, keep, cond, uncond, key, al
     set_alpha_to_one: final step's ā_prev = 1 (returns the predicted x0) instead of ā_0
       (diffusers' SD-1.5 default, False).
     init_latent: optional starting z_T (B, h, w, 4) instead of N(0, I) noise.
+    step_callback: called on the host with the index (int32 scalar, 0-based) of each DDIM step
+      as the device runs it (``jax.debug.callback``, for progress reports: it may come before
+      that step's work ends, and out of order); None adds nothing to the program.
   """
   T = alphas_cumprod.shape[0]
   timesteps = sched.ddim_timesteps(num_inference_steps, T, steps_offset, spacing)
@@ -86,6 +90,8 @@ def bld_sample(model_fn: Callable, params, z0_known, keep, cond, uncond, key, al
     noise = jax.random.normal(eta_key, z.shape) if eta > 0 else None
     z = sched.ddim_step(z, guided, t, t_prev, ac, prediction_type=prediction_type, eta=eta,
                         noise=noise, final_alpha_cumprod=final_alpha)
+    if step_callback is not None:
+      jax.debug.callback(step_callback, i)
     return z, None
 
   xs = (jnp.arange(num_inference_steps), jnp.asarray(timesteps), jnp.asarray(prev_timesteps))
