@@ -247,7 +247,7 @@ def _size_mb(folder: str) -> float:
 
 # ============================================================================ CLI
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m seamless_jax.export",
       description="Export a training workdir (orbax checkpoint) to a diffusers folder.")
@@ -265,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--vae-step", type=int, default=None,
                       help="checkpoint step of a --vae workdir (default latest)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
   hardware.start_backends()  # without the plugins' start-up chatter on a CPU machine
   try:
     export(args.workdir, args.out, step=args.step, ema=args.ema, base=args.base, vae=args.vae,

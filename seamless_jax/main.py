@@ -54,6 +54,14 @@ VARIANTS = {
     "demo": "tiny models on the bundled demo photos, written to WORKDIR/demo_data",
 }
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+# What --help lists (absl's own listing names this file and prints "(default: 'None')").
+FLAG_HELP = (
+    ("--config=PATH[:VARIANT]", "the training config, e.g. configs/two_step.py:demo (required)"),
+    ("--workdir=DIR", "checkpoints, metrics.jsonl, TensorBoard events, samples; rerunning "
+                      "resumes (required)"),
+    ("--config.<field>=<value>", "override any config field (all: configs/default.py)"),
+    ("--verbosity=N", "1 also shows the libraries' INFO lines (orbax, jax); default 0"),
+)
 USER_ERRORS = (config_check.ConfigError, checkpoint.CheckpointError, pipeline.BadDataError,
                loop.NonFiniteError)
 EXIT_ERROR, EXIT_ABORTED = 1, 130
@@ -82,9 +90,7 @@ def help_text() -> str:
       "  (no configs/ folder here: run from the repository checkout)"]
   lines += ["", "Variants (the part after ':'):"]
   lines += [f"  :{name:<5} {text}" for name, text in VARIANTS.items()]
-  lines += ["", "Flags:", FLAGS.main_module_help().strip() or
-            "  --config=PATH[:VARIANT]  --workdir=DIR  --config.<field>=<value>",
-            "", "Logging: --verbosity=1 also shows orbax's internal INFO lines."]
+  lines += ["", "Flags:"] + [f"  {flag:<26}{text}" for flag, text in FLAG_HELP]
   return "\n".join(lines)
 
 
@@ -187,9 +193,13 @@ def main(argv):
     sys.stderr.write("aborted by a second Ctrl-C without saving; rerun to resume from the "
                      "newest checkpoint\n")
     sys.exit(EXIT_ABORTED)
-  if result.get("stopped") == "signal":
-    logging.warning("stopped at step %d and saved it: rerun the same command to resume",
-                    result["step"])
+  if result.get("compile_abandoned"):
+    # Stopped while XLA was compiling: its helper thread cannot be interrupted and would keep
+    # the interpreter's shutdown waiting or crash it; nothing is left to save or close.
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from PIL import Image
 from seamless_jax.data import masks as masks_lib
 from seamless_jax import metrics
 from seamless_jax import inpaint
+from seamless_jax import pictures
 from seamless_jax import loading
 from seamless_jax.data import transforms
 from seamless_jax.train import samples
@@ -80,8 +81,9 @@ def test_tiny_run_logs_seam_quality_and_the_grid(tiny_workdirs):
   assert all(np.isfinite(seam[k]) for k in SEAM_KEYS), seam
   assert seam["seam/cd_inpaint"] > 0 and seam["seam/cd_outpaint"] > 0
   grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002.png")))
-  assert grid.shape == (2 * 32, 4 * 32, 3)  # image | masked | result | result + border
-  assert np.any(np.all(grid[:, 3 * 32:] == [255, 0, 0], axis=-1))  # the border is drawn
+  # image | masked | result | result + border: 32-px tiles enlarged to 128, a label strip on top
+  assert grid.shape == (pictures.LABEL_HEIGHT + 2 * 128, 4 * 128, 3)
+  assert np.any(np.all(grid[:, 3 * 128:] == [255, 0, 0], axis=-1))  # the border is drawn
   events = _tensorboard_events(os.path.join(workdir, "tensorboard"))
   tags = {v.tag for e in events for v in e.summary.value}
   assert "samples/grid" in tags and "train/seam/cd_outpaint" in tags

@@ -78,16 +78,27 @@ def prepare(src: str, out_dir: str, *, split: str = "train", min_side: int = 0,
   return stats
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m seamless_jax.data.prepare",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--src", required=True, help="image folder (imagefolder layout)")
   parser.add_argument("--out", required=True, help="output folder for .array_record shards")
-  parser.add_argument("--split", default="train")
-  parser.add_argument("--min-side", type=int, default=0, help="drop images with a shorter side")
+  parser.add_argument("--split", default="train",
+                      help="split of the image folder to read; also the shard name prefix "
+                           "(default: train)")
+  parser.add_argument("--min-side", type=int, default=0,
+                      help="drop images with a shorter side (default 0: keep all; the paper: "
+                           "512)")
   parser.add_argument("--min-aesthetic", type=float, default=None,
-                      help="drop records with a lower (or no) aesthetic_score")
-  parser.add_argument("--shard-size", type=int, default=2000, help="records per shard")
-  args = parser.parse_args(argv)
+                      help="drop records with a lower (or no) aesthetic_score (default: no "
+                           "filter; the paper: 6.0)")
+  parser.add_argument("--shard-size", type=int, default=2000,
+                      help="records per shard (default 2000)")
+  return parser
+
+
+def main(argv=None) -> None:
+  args = build_parser().parse_args(argv)
   stats = prepare(args.src, args.out, split=args.split, min_side=args.min_side,
                   min_aesthetic=args.min_aesthetic, shard_size=args.shard_size)
   print(f"wrote {stats.written} records in {len(stats.shards)} shards to {args.out}; "

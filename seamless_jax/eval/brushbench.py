@@ -379,7 +379,7 @@ def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 
 # ============================================================================ CLI
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m seamless_jax.eval.brushbench",
       description="BrushBench inpaint/outpaint evaluation (FID / AS / CD), paper Tables 1-2.")
@@ -394,26 +394,39 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--dtype", default=None,
                       help="compute dtype for generation (default: bfloat16 on GPU/TPU, float32 on CPU)")
   parser.add_argument("--name", default=None, help="method name in the table")
-  parser.add_argument("--tasks", default="inpaint,outpaint", help="comma list of inpaint,outpaint")
+  parser.add_argument("--tasks", default="inpaint,outpaint",
+                      help="comma list of inpaint,outpaint (default: both)")
   parser.add_argument("--limit", type=int, help="first N benchmark entries only")
   parser.add_argument("--hull-dilation", type=int, default=10,
                       help="pixels the inpaint convex hull is dilated by (default 10)")
   parser.add_argument("--prompt", default="scenery",
-                      help="prompt for every image (paper: 'scenery'); see --use-captions")
+                      help="prompt for every image (default: scenery, the paper's); see "
+                           "--use-captions")
   parser.add_argument("--use-captions", action="store_true", help="prompt = BrushBench caption")
-  parser.add_argument("--negative-prompt", default="")
-  parser.add_argument("--steps", type=int, default=50)
-  parser.add_argument("--guidance", type=float, default=3.0)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--batch-size", type=int, default=4)
+  parser.add_argument("--negative-prompt", default="",
+                      help="negative prompt, the unconditional text of CFG (default: empty)")
+  parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
+  parser.add_argument("--guidance", type=float, default=3.0,
+                      help="classifier-free guidance scale (default 3, the paper's)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="base seed: image i is sampled with seed + i (default 0)")
+  parser.add_argument("--batch-size", type=int, default=4,
+                      help="images per device call (default 4)")
   parser.add_argument("--paste-back", action="store_true",
                       help="paste the known pixels back (the Eq. 6 VAE makes this unneeded)")
   parser.add_argument("--inception", help="pt_inception-2015-12-05-6726825d.pth (for FID)")
   parser.add_argument("--clip", help="transformers CLIP ViT-L/14 folder (for AS)")
   parser.add_argument("--aesthetic-head", help="sa_0_4_vit_l_14_linear.pth (for AS)")
   parser.add_argument("--lpips", help="LPIPS safetensors from tools/convert_lpips.py (optional)")
-  parser.add_argument("--device", default="cpu", help="torch device for FID/AS (e.g. cuda)")
-  parser.add_argument("--sheet-rows", type=int, default=8, help="rows of contact_sheet.png")
+  parser.add_argument("--device", default="cpu",
+                      help="torch device for FID/AS, e.g. cuda (default: cpu)")
+  parser.add_argument("--sheet-rows", type=int, default=8,
+                      help="rows of contact_sheet.png (default 8)")
+  return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = build_parser()
   args = parser.parse_args(argv)
   args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
   unknown = sorted(set(args.tasks) - set(TASKS))

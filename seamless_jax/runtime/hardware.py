@@ -199,5 +199,5 @@ def start_backends() -> list:
   """``jax.devices()`` with the plugins' start-up chatter kept off the console
   (:mod:`seamless_jax.console`): command-line tools call it first."""
   import jax  # pylint: disable=import-outside-toplevel
-  with console.chatter_filtered():
+  with console.chatter_filtered(), console.absent_gpu_plugin_quiet():
     return jax.devices()

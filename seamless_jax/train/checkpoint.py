@@ -149,15 +149,20 @@ class Checkpointer:
 
 class StopSignal:
   """SIGTERM (preemption, SLURM, ``kill``) and the first Ctrl-C set ``requested``; the loop then
-  saves a checkpoint at the current step and returns normally (exit status 0).
+  saves a checkpoint at the current step and returns normally (exit status 0). Before the first
+  step there is nothing to save: the loop sets ``note`` to :attr:`NOTHING_TO_SAVE` meanwhile.
 
   A second Ctrl-C raises ``KeyboardInterrupt`` at once (nothing more is saved). Handlers are
   installed from the main thread only and the previous ones come back on :meth:`close`.
   """
 
+  SAVING = "saving a checkpoint after this step and stopping"
+  NOTHING_TO_SAVE = "stopping: nothing is trained yet, so there is nothing to save"
+
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self.requested = False
     self.signum = None
+    self.note = self.SAVING  # what the first signal says the run will do (the loop sets it)
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
@@ -169,7 +174,7 @@ class StopSignal:
     if not self.requested:
       name = signal.Signals(signum).name
       again = " (Ctrl-C again aborts without saving)" if signum == signal.SIGINT else ""
-      logging.warning("%s: saving a checkpoint after this step and stopping%s", name, again)
+      logging.warning("%s: %s%s", name, self.note, again)
     self.requested = True
     self.signum = self.signum or signum
 

@@ -13,8 +13,17 @@ config (the sample grids and seam scores of :mod:`seamless_jax.train.samples`), 
 builds its evaluators.
 
 Stopping early: SIGTERM, the first Ctrl-C, ``stop_at_step`` and a tripped ``data.max_bad_fraction``
-save a checkpoint at the current step first. Every process takes the same decision at the same
-step (:func:`checkpoint.any_process`), so none enters a collective step the others skip.
+save a checkpoint at the current step first, once a step was trained (before that there is
+nothing to save). Every process takes the same decision at the same step
+(:func:`checkpoint.any_process`), so none enters a collective step the others skip. On one
+process a signal during the compilation returns at once (the compiling thread is left behind:
+``compile_abandoned`` in the result tells the command to exit).
+
+The console: each long phase is announced before it starts and repeated while it lasts
+(:func:`seamless_jax.console.phase`: set-up, compiling, sampling), progress lines follow every
+``log_every`` steps, and the log ends with a summary (:mod:`seamless_jax.train.summary`): where
+the checkpoints, metrics, TensorBoard events and samples are, the last loss and seam CD, and the
+next commands.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 import time
 from typing import Callable
 
@@ -29,13 +39,16 @@ import jax
 import numpy as np
 from absl import logging
 
+from seamless_jax import console
 from seamless_jax import workdir as workdir_lib
 from seamless_jax.data import pipeline
+from seamless_jax.runtime import compilation
 from seamless_jax.train import checkpoint as ckpt_lib
 from seamless_jax.train import config_check
 from seamless_jax.train import metric_writer as log_lib
 from seamless_jax.train import samples
 from seamless_jax.train import state as state_lib
+from seamless_jax.train import summary
 from seamless_jax.train import trainer as trainer_lib
 
 
@@ -56,9 +69,10 @@ def train(config, workdir: str, *, make_hooks: Callable = default_hooks) -> dict
   ``make_hooks(trainer, workdir, writer) -> [hook]`` builds the hooks (module doc).
   Returns the last logged metrics (a dict of floats), ``step`` and ``stopped``: '' when the run
   reached ``total_steps``/``stop_at_step`` (or had nothing left to do), 'signal' after SIGTERM /
-  Ctrl-C. Raises ``config_check.ConfigError`` (before creating the workdir),
-  ``checkpoint.CheckpointError`` when no checkpoint restores, ``pipeline.BadDataError`` (after
-  saving) when ``data.max_bad_fraction`` trips, :class:`NonFiniteError`.
+  Ctrl-C (``compile_abandoned`` True when that came during the compilation). Raises
+  ``config_check.ConfigError`` (before creating the workdir), ``checkpoint.CheckpointError``
+  when no checkpoint restores, ``pipeline.BadDataError`` (after saving) when
+  ``data.max_bad_fraction`` trips, :class:`NonFiniteError`.
   """
   config_check.validate(config)  # before anything is written: a typo leaves no workdir behind
   config_check.check_paths(config)
@@ -76,12 +90,14 @@ def train(config, workdir: str, *, make_hooks: Callable = default_hooks) -> dict
 def _train(config, workdir: str, stop_signal, make_hooks: Callable) -> dict:
   """:func:`train` after the checks, with the stop-signal handlers installed."""
   # ------------------------------------------------------------------ setup
-  trainer = trainer_lib.setup(config, workdir)
-  data_iter, checkpointer, writer = _open_run(config, workdir, trainer.objective.metric_names)
+  stop_signal.note = stop_signal.NOTHING_TO_SAVE
+  with console.phase("setting up (mesh, data, models, train state)", logging.info):
+    trainer = trainer_lib.setup(config, workdir)
+    data_iter, checkpointer, writer = _open_run(config, workdir, trainer.objective.metric_names)
   try:
     # ---------------------------------------------------------------- restore
     state = _restored_state(trainer, checkpointer, data_iter)
-    step = int(jax.device_get(state.step))
+    step = start_step = int(jax.device_get(state.step))
     stopped = "signal" if ckpt_lib.any_process(stop_signal.requested)[0] else ""
     if stopped or step >= int(config.total_steps):
       logging.info("stopping at step %d before compiling (%s)", step,
@@ -89,13 +105,19 @@ def _train(config, workdir: str, stop_signal, make_hooks: Callable) -> dict:
       return {"step": step, "stopped": stopped}
 
     # ---------------------------------------------------------------- compile
-    compiled = trainer_lib.compile_step(trainer, state)
+    compiled = _compile_unless_stopped(trainer, state, stop_signal, workdir)
+    if compiled is None:
+      logging.warning("stopped while compiling, before step %d: nothing trained, nothing "
+                      "saved", step + 1)
+      return {"step": step, "stopped": "signal", "compile_abandoned": True}
     flops = trainer_lib.compiled_flops(compiled, trainer.mesh.size)  # per device
     logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
                  trainer.objective.name, compiled.compile_s, compiled.lower_s,
                  f"{flops / 1e9:.1f}" if flops else "?")
     window = MetricWindow(config, flops, lambda m: _check_finite(m, config, checkpointer))
     hooks = make_hooks(trainer, workdir, writer)
+    logging.info("training from step %d; a progress line every %d steps", step,
+                 int(config.log_every))
 
     # ---------------------------------------------------------------- train
     data_error = None
@@ -108,14 +130,16 @@ def _train(config, workdir: str, stop_signal, make_hooks: Callable) -> dict:
       stopped = _agreed_stop(stop_signal, checkpointer, step, data_error)
       if stopped:
         data_iter.set_state(data_state)  # this step's batch was not trained on
-        logging.warning("stopping at step %d (%s): saving a checkpoint", step,
+        logging.warning("stopping at step %d (%s)%s", step,
                         "data.max_bad_fraction exceeded" if stopped == "bad_data"
-                        else "stop signal")
+                        else "stop signal",
+                        ": saving a checkpoint" if step > start_step else "")
         break
       window.data_skipped += int(np.sum(batch.get("num_skipped", 0)))
       state, metrics = compiled(state, trainer.frozen,
                                 trainer_lib.global_batch_arrays(batch, trainer.mesh))
       step += 1
+      stop_signal.note = stop_signal.SAVING
       window.add(metrics)  # read one step late: the device stays busy
       if step % int(config.log_every) == 0 or step == int(config.total_steps):
         writer.write(step, window.scalars(step))
@@ -125,11 +149,50 @@ def _train(config, workdir: str, stop_signal, make_hooks: Callable) -> dict:
     window.read()
 
     # ---------------------------------------------------------------- final save
-    _final_save(checkpointer, step, state, data_iter, stopped, data_error)
+    _final_save(checkpointer, step, state, data_iter, stopped, data_error,
+                trained=step > start_step)
   finally:
     checkpointer.close()
     writer.close()
+  if jax.process_index() == 0:
+    for line in summary.summary_lines(workdir, trainer.objective.exports, step, stopped):
+      logging.info("%s", line)
   return dict(window.last, step=step, stopped=stopped)
+
+
+def _compile_unless_stopped(trainer: trainer_lib.Trainer, state, stop_signal,
+                            workdir: str) -> compilation.Compiled | None:
+  """The compiled step, or ``None`` when a stop signal came while compiling (one process).
+
+  XLA compiles in one long C++ call, during which Python runs no signal handler; so on one
+  process the compilation runs in a helper thread while this (the main) thread watches
+  ``stop_signal`` and returns at once when it is set, leaving that thread behind (the caller
+  exits the process). Several processes must take one decision together: they wait for the
+  compilation and decide at the first step."""
+  cache = compilation.cache_dir(trainer.config, workdir)
+  note = (f"(the first run only: later runs load it from {cache})" if cache
+          else "(config.compilation_cache is off: every run compiles)")
+  what = f"compiling the {trainer.objective.name} train step"
+  with console.phase(what, logging.info, note=note):
+    if jax.process_count() > 1:
+      return trainer_lib.compile_step(trainer, state)
+    outcome: dict = {}
+
+    def work():
+      try:
+        outcome["compiled"] = trainer_lib.compile_step(trainer, state)
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised below)
+        outcome["error"] = e
+
+    worker = threading.Thread(target=work, name=what, daemon=True)
+    worker.start()
+    while worker.is_alive():
+      worker.join(0.2)  # the main thread returns here, so Ctrl-C is handled within 0.2 s
+      if stop_signal.requested:
+        return None
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["compiled"]
 
 
 # ============================================================================ run set-up
@@ -293,14 +356,16 @@ def _check_finite(metrics: dict, config, checkpointer) -> dict:
 
 # ============================================================================ the end
 
-def _final_save(checkpointer, step: int, state, data_iter, stopped: str, data_error) -> None:
-  """Saves ``step`` unless it is saved; a bad-data stop then raises :class:`BadDataError`."""
-  if checkpointer.latest_step() != step:
+def _final_save(checkpointer, step: int, state, data_iter, stopped: str, data_error, *,
+                trained: bool = True) -> None:
+  """Saves ``step`` unless it is saved or nothing was ``trained`` in this run (an untrained
+  step 0 is not worth a checkpoint); a bad-data stop then raises :class:`BadDataError`."""
+  if trained and checkpointer.latest_step() != step:
     checkpointer.save(step, state, data_iter, force=True)
   if stopped == "bad_data":
     checkpointer.wait()
     reason = (str(data_error) if data_error is not None else
               "another process exceeded data.max_bad_fraction (its log lists the files)")
+    saved = f"saved in {checkpointer.directory}" if trained else "nothing trained to save"
     raise pipeline.BadDataError(
-        f"stopped at step {step}, saved in {checkpointer.directory}; rerun to resume once the "
-        f"data is fixed. {reason}")
+        f"stopped at step {step}, {saved}; rerun to resume once the data is fixed. {reason}")

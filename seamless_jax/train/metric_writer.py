@@ -1,10 +1,11 @@
-"""Metrics to TensorBoard event files (tensorboardX), ``metrics.jsonl`` and stdout; sample grids.
+"""Metrics to TensorBoard event files (tensorboardX), ``metrics.jsonl`` and stdout.
 
 Only process 0 writes files. Every ``log_every`` steps the loop passes averaged scalars to
 :meth:`MetricWriter.write`, which also prints one progress line
 ``step 120/1000 (12.0%) loss 0.1234 ... 3.1 steps/s ETA 0:04:44`` (plus ``data skipped N`` once
-bad records were skipped). :func:`quiet_library_logs` keeps orbax's internal INFO lines (temporary
-folders, throughput, renames) off the console at the default verbosity.
+bad records were skipped). :func:`quiet_library_logs` keeps orbax's and jax's internal INFO lines
+(temporary folders, renames, the TPU backend a CPU machine cannot start) off the console at the
+default verbosity.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image
 
-from seamless_jax.data import transforms
-
-QUIET_PACKAGES = ("orbax",)  # their INFO lines are internals; warnings and errors still show
+# Their INFO lines are internals (orbax: temporary folders, renames; jax: backends it could not
+# start on this machine, "Resetting cache at <empty>"); warnings and errors still show.
+QUIET_PACKAGES = ("orbax", "jax")
 
 
 class _LibraryInfoFilter(py_logging.Filter):
@@ -109,22 +109,3 @@ def progress_line(step: int, total: int, scalars: dict[str, float],
   if scalars.get("data_skipped"):
     parts.append(f"data skipped {int(scalars['data_skipped'])}")
   return " | ".join(parts)
-
-
-def sample_grid(image: np.ndarray, keep: np.ndarray, result: np.ndarray) -> np.ndarray:
-  """One row per example: image | masked image (hole grey) | result. Returns uint8 HWC."""
-  masked = image * keep + 0.0 * (1.0 - keep)
-  rows = [np.concatenate([a, b, c], axis=1) for a, b, c in zip(image, masked, result)]
-  return transforms.image_to_uint8(np.concatenate(rows, axis=0))
-
-
-def save_sample_grid(workdir: str, step: int, image, keep, result) -> str:
-  """Writes ``workdir/samples/step_<step>.png``; returns its path."""
-  folder = os.path.join(workdir, "samples")
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f"step_{int(step):08d}.png")
-  grid = sample_grid(np.asarray(image), np.asarray(keep), np.asarray(result))
-  if grid.shape[-1] == 1:
-    grid = grid[..., 0]
-  Image.fromarray(grid).save(path)
-  return path

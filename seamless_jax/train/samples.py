@@ -5,7 +5,8 @@ objectives, through :func:`seamless_jax.diffusion.bld.inpaint` exactly as ``Inpa
 the Eq. 6 reconstruction for vae_finetune) and writes:
 
 * ``workdir/samples/step_<n>.png`` and the TensorBoard image ``samples/grid``: one row per
-  example, image | masked image | result | result with the mask border drawn in red;
+  example, image | masked image | result | result with the mask border drawn in red, small
+  tiles enlarged (nearest) to 128 px and the columns labelled (:func:`sample_grid`);
 * seam quality (:mod:`seamless_jax.metrics`) to ``metrics.jsonl`` and TensorBoard:
   ``seam/cd_<kind>`` (the paper's Color Distance on the mask border, 0–255 RGB) and
   ``seam/excess_cd_<kind>`` (CD of the result − CD of the real image on the same border;
@@ -21,12 +22,17 @@ samples it (tests/test_train_samples.py checks the logged CD against ``Inpainter
 
 from __future__ import annotations
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from PIL import Image
 
+from seamless_jax import console
 from seamless_jax import metrics as metrics_lib
+from seamless_jax import pictures
 from seamless_jax.data import masks as masks_lib
 from seamless_jax.data import pipeline
 from seamless_jax.data import transforms
@@ -36,6 +42,8 @@ from seamless_jax.train import metric_writer as log_lib
 from seamless_jax.train import steps as steps_lib
 
 BORDER_COLOUR = (1.0, -1.0, -1.0)  # red, in [-1, 1]
+GRID_TILE = 128  # px: sample tiles smaller than this are enlarged (nearest) in the grid
+GRID_COLUMNS = ("image", "masked", "result", "border")
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
@@ -94,6 +102,27 @@ def draw_borders(images: np.ndarray, keep: np.ndarray) -> np.ndarray:
   return np.where(border[..., None], np.asarray(BORDER_COLOUR, np.float32), images)
 
 
+def sample_grid(image: np.ndarray, keep: np.ndarray, result: np.ndarray) -> np.ndarray:
+  """One row per example: image | masked image (hole grey) | result | result with the keep
+  border red (:func:`draw_borders`), each tile enlarged (nearest) to at least
+  :data:`GRID_TILE` px, the columns labelled. image, result (N, H, W, 3) in [−1, 1]; keep
+  (N, H, W, 1). Returns uint8 (LABEL_HEIGHT + N·h, 4·w, 3)."""
+  columns = (image, image * keep, result, draw_borders(result, keep))
+  tiles = [[pictures.upscale_nearest(tile, GRID_TILE) for tile in transforms.image_to_uint8(c)]
+           for c in columns]
+  rows = [np.concatenate(row, axis=1) for row in zip(*tiles)]
+  return pictures.label_columns(np.concatenate(rows, axis=0), GRID_COLUMNS)
+
+
+def save_sample_grid(workdir: str, step: int, image, keep, result) -> str:
+  """Writes :func:`sample_grid` to ``workdir/samples/step_<step>.png``; returns its path."""
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"step_{int(step):08d}.png")
+  Image.fromarray(sample_grid(np.asarray(image), np.asarray(keep), np.asarray(result))).save(path)
+  return path
+
+
 def seam_scalars(result: np.ndarray, keep: np.ndarray, kinds: np.ndarray,
                  cd_real: np.ndarray) -> dict[str, float]:
   """``seam/cd_<kind>`` and ``seam/excess_cd_<kind>`` of a sampled batch (N, H, W, 3);
@@ -138,17 +167,18 @@ class SampleHook:
     return shd.to_host(result)
 
   def __call__(self, params, frozen, step: int) -> str:
-    result = self.sample(params, frozen)
+    with console.phase(f"sampling {len(self.kinds)} images for the grid (the first time "
+                       "compiles the sampler)", logging.info):
+      result = self.sample(params, frozen)
     if jax.process_index() != 0:
       return ""
     image, keep = self.batch_host["image"], self.batch_host["keep"]
-    columns = np.concatenate([result, draw_borders(result, keep)], axis=2)
-    path = log_lib.save_sample_grid(self.workdir, step, image, keep, columns)
+    path = save_sample_grid(self.workdir, step, image, keep, result)
     scalars = seam_scalars(result, keep, self.kinds, self.cd_real)
     logging.info("samples: wrote %s; %s", path,
                  " ".join(f"{k} {v:.2f}" for k, v in scalars.items()))
     if self.writer is not None:
-      self.writer.write_image("samples/grid", log_lib.sample_grid(image, keep, columns), step)
+      self.writer.write_image("samples/grid", sample_grid(image, keep, result), step)
       if scalars:
         self.writer.write(step, scalars)
     return path
