@@ -207,12 +207,13 @@ class SeamApp:
     self._runs = 0
 
   @classmethod
-  def load(cls, model: str, *, vae: str | None = None, compare_vae: str | None = None,
-           step: int | None = None, ema: bool = True, dtype: str | None = None,
-           out_dir: str | None = None) -> "SeamApp":
-    """Loads ``model`` (+ the decoder of ``vae``) as ``python -m seamless_jax.inpaint`` does;
+  def load(cls, model: str, *, compare_vae: str | None = None, out_dir: str | None = None,
+           **load_options) -> "SeamApp":
+    """Loads ``model`` as ``python -m seamless_jax.inpaint`` does (``load_options``: those of
+    :meth:`seamless_jax.inpaint.Inpainter.load`, e.g. ``vae=`` the Eq. 6 decoder);
     ``compare_vae``: a VAE source whose decoder also renders every result."""
-    pipe = inpaint.Inpainter.load(model, vae=vae, step=step, ema=ema, dtype=dtype)
+    pipe = inpaint.Inpainter.load(model, **load_options)
+    vae, dtype = load_options.get("vae"), load_options.get("dtype")
     compare = None
     if compare_vae:
       _, base = loading.load_vae(compare_vae, dtype=dtype or inpaint.default_dtype())
@@ -368,19 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
       description="A web page to inpaint/outpaint photos with BLD and look at the seam (needs "
                   "the [app] extra: pip install -e \".[app]\").",
       epilog="Mask: white = generate. The first run at each image size compiles the sampler.")
-  parser.add_argument("--model", required=True,
-                      help="diffusers SD-1.5 folder or a training workdir (two_step/standard) "
-                           "or its export, as for python -m seamless_jax.inpaint")
-  parser.add_argument("--vae", default=None,
-                      help="VAE folder or vae_finetune workdir whose decoder renders the "
-                           "results (the Eq. 6 decoder; default: the model's own)")
+  inpaint.add_model_arguments(parser)  # --model, --vae... as python -m seamless_jax.inpaint
   parser.add_argument("--compare-vae", default=None, metavar="BASE",
                       help="a second VAE source whose decoder renders the same latents side by "
                            "side (e.g. the base SD-1.5 folder; default: none)")
-  parser.add_argument("--step", type=int, default=None,
-                      help="workdir checkpoint step (default: the latest)")
-  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                      help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
   parser.add_argument("--steps", type=int, default=50,
                       help="DDIM steps the page starts with (default 50, the paper's)")
   parser.add_argument("--host", default="127.0.0.1",
@@ -400,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   with inpaint.user_command(args.verbose):
     import_gradio()  # before loading weights: a missing extra is the first thing said
     t0 = time.perf_counter()
-    app = SeamApp.load(args.model, vae=args.vae, compare_vae=args.compare_vae, step=args.step,
-                       dtype=args.dtype)
+    app = SeamApp.load(args.model, compare_vae=args.compare_vae,
+                       **inpaint.model_options(args))
     print(f"loaded {inpaint.describe(app.pipe.info)} in {time.perf_counter() - t0:.1f}s; "
           f"serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr,
           flush=True)

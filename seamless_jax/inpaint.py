@@ -624,6 +624,34 @@ def parse_sides(text: str) -> tuple[int, int, int, int]:
   return sides
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+  """The model options of this command and of the web app (a group 'model'); read them back
+  with :func:`model_options`."""
+  model = parser.add_argument_group("model")
+  model.add_argument("--model", required=True,
+                     help="diffusers SD-1.5 folder (or an export) or a training workdir "
+                          "(two_step/standard)")
+  model.add_argument("--step", type=int, default=None,
+                     help="workdir checkpoint step (default: the latest)")
+  model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                     help="EMA weights of a workdir (default) or the raw ones (--no-ema)")
+  model.add_argument("--vae", default=None,
+                     help="VAE folder or vae_finetune workdir: its decoder replaces the model's "
+                          "(the encoder stays the model's; the Eq. 6 decoder)")
+  model.add_argument("--vae-step", type=int, default=None,
+                     help="step of a --vae workdir (default: the latest)")
+  model.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                     help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+  model.add_argument("--attention", default=None, choices=("xla", "cudnn"),
+                     help="attention kernel (default: chosen by JAX)")
+
+
+def model_options(args) -> dict:
+  """:meth:`Inpainter.load`'s keyword arguments from :func:`add_model_arguments`' options."""
+  return dict(vae=args.vae, step=args.step, ema=args.ema, vae_step=args.vae_step,
+              dtype=args.dtype, attention=args.attention)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m seamless_jax.inpaint",
@@ -633,22 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
       epilog="Mask: white (> 127) = generate; a mask of another size but the same aspect ratio "
              "is resized (nearest). Sizes that are not a multiple of the model's factor (64 px "
              "for SD-1.5) are reflect-padded and cropped back. Errors print one line and exit 1.")
-  model = parser.add_argument_group("model")
-  model.add_argument("--model", required=True,
-                     help="diffusers SD-1.5 folder or a training workdir (two_step/standard)")
-  model.add_argument("--step", type=int, default=None,
-                     help="workdir checkpoint step (default: the latest)")
-  model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                     help="EMA weights of a workdir (default) or the raw ones (--no-ema)")
-  model.add_argument("--vae", default=None,
-                     help="VAE folder or vae_finetune workdir: its decoder replaces the model's "
-                          "(the encoder stays the model's)")
-  model.add_argument("--vae-step", type=int, default=None,
-                     help="step of a --vae workdir (default: the latest)")
-  model.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                     help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
-  model.add_argument("--attention", default=None, choices=("xla", "cudnn"),
-                     help="attention kernel (default: chosen by JAX)")
+  add_model_arguments(parser)
   io = parser.add_argument_group("input / output")
   io.add_argument("--image", required=True, help="input image file (RGB)")
   io.add_argument("--mask", default=None, help="mask file, white = generate (or use --outpaint)")
@@ -703,8 +716,7 @@ def run(args) -> list[str]:
   image, mask = prepare_inputs(args)
   paths = output_paths(args.out, args.image, args.num_images)
   t0 = time.perf_counter()
-  pipe = Inpainter.load(args.model, vae=args.vae, step=args.step, ema=args.ema,
-                        vae_step=args.vae_step, dtype=args.dtype, attention=args.attention)
+  pipe = Inpainter.load(args.model, **model_options(args))
   print(f"loaded {describe(pipe.info)} in {time.perf_counter() - t0:.1f}s "
         f"({pipe.prediction_type}, {'9-channel' if pipe.inpaint_channels else 'BLD'} UNet)",
         file=sys.stderr)
