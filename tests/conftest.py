@@ -11,6 +11,7 @@ import os
 # CUDA plugin then registers without a driver, so tests can compile for GPU targets).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import functools  # pylint: disable=wrong-import-position
 import tempfile  # pylint: disable=wrong-import-position
 
 # One persistent XLA cache for the session, its subprocesses, notebook kernels and xdist
@@ -33,14 +34,13 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 from seamless_jax.train import loop  # pylint: disable=wrong-import-position
 
 
-def _train(mode: str, data_dir: str, workdir: str) -> str:
+def _train(mode: str, data_dir: str, workdir: str) -> None:
   """A tiny 2-step run saving steps 1 and 2, with a 2-image sample grid at step 2."""
   config = tiny.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
                             sample_every=2)
   config.sample.num_images, config.sample.num_inference_steps = 2, 2
   config.sample.prompt = "a photo"
   loop.train(config, workdir)
-  return workdir
 
 
 def _built_once(tmp_path_factory, name: str, build) -> str:
@@ -50,6 +50,7 @@ def _built_once(tmp_path_factory, name: str, build) -> str:
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent
   folder = os.path.join(str(root), name)
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
   with filelock.FileLock(folder + ".lock"):
     if not os.path.exists(os.path.join(folder, ".built")):
       build(folder)
@@ -65,17 +66,28 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_workdirs(tiny_data, tmp_path_factory):
-  """``{'data', 'vae_finetune', 'two_step'}``: folders of two tiny 2-step training runs."""
-  def build(root):
-    for mode in ("vae_finetune", "two_step"):
-      _train(mode, tiny_data, os.path.join(root, mode))
-  root = _built_once(tmp_path_factory, "workdirs", build)
-  return {"data": tiny_data, "vae_finetune": os.path.join(root, "vae_finetune"),
-          "two_step": os.path.join(root, "two_step")}
+  """``{'data', 'vae_finetune', 'two_step'}``: folders of two tiny 2-step training runs.
+
+  Each run has its own lock and odd-numbered xdist workers start with the other one, so the
+  first two workers that need them train both at once instead of one after the other.
+  """
+  modes = ["vae_finetune", "two_step"]
+  if int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 2:
+    modes.reverse()
+  folders = {mode: _built_once(tmp_path_factory, os.path.join("workdirs", mode),
+                               functools.partial(_train, mode, tiny_data)) for mode in modes}
+  return {"data": tiny_data, **folders}
 
 
 def pytest_collection_modifyitems(items):
-  """A test that needs the trained workdirs is slow: ``-m "not slow"`` trains nothing."""
+  """A test that needs the trained workdirs is slow: ``-m "not slow"`` trains nothing.
+
+  Files with slow tests run first (a stable sort, the same on every xdist worker): the workers
+  start on the long files and the quick ones fill the gaps at the end, instead of one long file
+  started last keeping the run going on one core.
+  """
   for item in items:
     if "tiny_workdirs" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.slow)
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)

@@ -79,7 +79,8 @@ def test_pallas_attention_shards_heads_when_the_batch_does_not_divide():
 
 @pytest.mark.slow
 def test_tiny_two_step_step_compiles_for_a_tpu_slice_and_reports_memory(tmp_path):
-  config = tiny.tiny_config("two_step", str(tmp_path))
+  # The accelerator setting (the CPU configs unroll the two UNet calls): one UNet in the program.
+  config = tiny.tiny_config("two_step", str(tmp_path), two_step__scan_calls=True)
   report = aot.compile_train_step(config, "v5e-8", "two_step:tiny")
   assert report.fits and report.devices == 8
   b = report.bytes
@@ -98,7 +99,7 @@ def test_cli_compiles_for_h100_and_an_oversized_batch_does_not_fit(tmp_path):
   out = tmp_path / "report.json"
   env = dict(os.environ, PYTHONPATH=ROOT)
   base = [sys.executable, "-m", "seamless_jax.aot", "--config=configs/two_step.py:tiny",
-          "--topology=h100-8"]
+          "--topology=h100-8", "--config.two_step.scan_calls=True"]
   proc = subprocess.run(base + [f"--json={out}"], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
