@@ -159,8 +159,10 @@ def write_init_folder(paths: Paths, scale: scales_lib.Scale, seed: int) -> None:
   unet = UNet2DConditionModel.from_config(unet_config)
   text = CLIPTextModel.from_config(text_config)
   k_vae, k_unet, k_text = jax.random.split(jax.random.PRNGKey(seed), 3)
-  init = lambda module, key: jax.tree.map(
-      np.asarray, jax.jit(module.init)(key, *module.dummy_inputs())["params"])
+  def init(module, key):  # compiled like training's random init (LLVM -O0 on CPU: runs once)
+    inputs = (key, *module.dummy_inputs())
+    params = build.compile_init(jax.jit(module.init), *inputs)(*inputs)["params"]
+    return jax.tree.map(np.asarray, params)
   scheduler = {"prediction_type": schedule_lib.TRAINED_PREDICTION_TYPE}
   pipe = convert.Pipeline(unet, init(unet, k_unet), vae, init(vae, k_vae), text,
                           init(text, k_text), None, scheduler)
