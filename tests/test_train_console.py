@@ -122,6 +122,17 @@ def test_every_long_phase_is_announced_and_no_gap_is_long(finished_run):
 
 
 @pytest.mark.slow
+def test_each_logged_step_has_one_progress_line(finished_run):
+  """The sample grid's seam scores go to metrics.jsonl without a second, loss-less
+  ``step N/N (100.0%)`` line on the console (the hook logs its own ``samples:`` line)."""
+  _, stderr = finished_run
+  progress = [line.split("] ", 1)[1] for line in stderr.splitlines()
+              if re.search(r"\] step \d+/\d+ ", line)]
+  assert [line.split()[1] for line in progress] == ["2/4", "4/4"], progress
+  assert all("| loss " in line for line in progress), progress
+
+
+@pytest.mark.slow
 def test_the_log_ends_with_where_everything_is_and_what_to_run_next(finished_run):
   workdir, stderr = finished_run
   tail = stderr[stderr.index(f"finished at step {STEPS}"):]

@@ -61,9 +61,12 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
 
-  def write(self, step: int, scalars: dict[str, float]) -> None:
+  def write(self, step: int, scalars: dict[str, float], *, progress: bool = True) -> None:
+    """``scalars`` to TensorBoard and ``metrics.jsonl``; ``progress``: also the console's
+    progress line (off for callers that log their own line, e.g. the sample hook)."""
     scalars = {k: float(v) for k, v in scalars.items() if v is not None}
-    logging.info("%s", progress_line(step, self.total_steps, scalars, self.terms))
+    if progress:
+      logging.info("%s", progress_line(step, self.total_steps, scalars, self.terms))
     if not self.enabled:
       return
     for name, value in scalars.items():

@@ -180,5 +180,5 @@ class SampleHook:
     if self.writer is not None:
       self.writer.write_image("samples/grid", sample_grid(image, keep, result), step)
       if scalars:
-        self.writer.write(step, scalars)
+        self.writer.write(step, scalars, progress=False)  # logged above with the grid
     return path
