@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
         "nbclient",
         "nbformat",
         "ipykernel",
+        "opencv-python-headless",  # Poisson blending (inpaint.poisson_blend) in the unit tests
         "pytest",
         "playwright",  # drives Debian's chromium in tests/test_app_browser.py (no browser download)
         "pytest-xdist",  # pytest.ini runs the suite on up to 4 processes (filelock: shared fixtures)
@@ -38,14 +39,15 @@ EXTRAS_REQUIRE = {
         "torchvision",
         "transformers",
     ],
-    # FID (pytorch-fid's TF-Inception) and Aesthetic Score (transformers CLIP): seamless_jax.eval.
-    "eval": ["pytorch-fid", "torch", "torchvision", "transformers"],
+    # FID (pytorch-fid's TF-Inception) and Aesthetic Score (transformers CLIP): seamless_jax.eval;
+    # OpenCV's seamlessClone: the Poisson-blending baseline (ablation, inpaint/app --paste-back).
+    "eval": ["opencv-python-headless", "pytorch-fid", "torch", "torchvision", "transformers"],
     # notebooks/: figures, and train_tiny.ipynb runs its export in diffusers.
     "notebooks": ["diffusers>=0.30", "ipykernel", "matplotlib", "torch", "transformers"],
     # The web app (python -m seamless_jax.app); nothing else imports gradio.
     "app": ["gradio>=6.0,<7"],
-    # Figures of the ablation report (seamless_jax.experiments.report).
-    "experiments": ["matplotlib"],
+    # Figures of the ablation report (seamless_jax.experiments.report); its Poisson baseline.
+    "experiments": ["matplotlib", "opencv-python-headless"],
     # python -m seamless_jax.aot: compile for TPU slices (libtpu) and NVIDIA GPUs (the CUDA PJRT
     # plugin, no CUDA libraries) on a machine that has neither; both pinned to the jax version.
     "aot": ["jax[tpu,cuda12-local]"],

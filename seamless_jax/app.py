@@ -12,10 +12,10 @@ blend-aware decoder against the base one on identical latents.
 
 The page: upload a photo and paint the region to generate on it (or upload a mask, white =
 generate, or set outpaint margins); prompt, negative prompt, DDIM steps, guidance, seed, and
-the cheap fixes to compare (paste-back, blurred paste-back). It shows each result, a close-up
-of the mask border (enlarged, nearest), the seam CD and excess CD (the paper's Color Distance
-on the mask border; excess = minus the photo's own CD there, inpainting only), progress in DDIM
-steps, and a download of the result. The first run at an image size compiles the sampler
+the cheap fixes to compare (paste-back, blurred paste-back, Poisson blending: OpenCV, the
+``[eval]`` extra). It shows each result, a close-up of the mask border (enlarged, nearest), the
+seam CD and excess CD (the paper's Color Distance on the mask border; excess = minus the
+photo's own CD there, inpainting only), progress in DDIM steps, and a download of the result. The first run at an image size compiles the sampler
 (said on the page); later runs reuse it. Bad input is a message on the page.
 
 Everything but :func:`build_ui` and :func:`launch` is plain functions of numpy arrays (tests
@@ -48,7 +48,8 @@ from seamless_jax import loading
 from seamless_jax import metrics
 from seamless_jax import pictures
 
-PASTE_MODES = ("none", "paste-back", "blurred paste-back")
+# "none", then the page names of inpaint.PASTE_BACK_MODES (hard, blurred, poisson)
+PASTE_MODES = ("none", "paste-back", "blurred paste-back", "Poisson blending")
 CLOSE_UP_SIZE = 256  # px: the border close-up is enlarged (nearest) to at least this
 COMPILE_NOTE = ("first run at this image size: compiling the sampler (once per size and step "
                 "count; later runs reuse it)")
@@ -146,20 +147,16 @@ def page_request(editor: dict | None, mask_upload, margins: Sequence[int] = (0, 
 
 # ============================================================================ the app
 
-def blur_sigma(height: int, width: int) -> float:
-  """σ (px) of the blurred paste-back: 1/128 of the shorter side, at least 1 (4 px at 512²)."""
-  return max(1.0, min(height, width) / 128)
-
-
 def apply_paste(mode: str, results: np.ndarray, inputs: np.ndarray, keep: np.ndarray
                 ) -> np.ndarray:
-  """``results`` (N, H, W, 3) uint8 after the paste mode (one of :data:`PASTE_MODES`)."""
+  """``results`` (N, H, W, 3) uint8 after the paste mode (one of :data:`PASTE_MODES`, each
+  :func:`seamless_jax.inpaint.apply_paste_back`'s mode of the same position)."""
   if mode not in PASTE_MODES:
     raise inpaint.InputError(f"paste mode must be one of {', '.join(PASTE_MODES)}, got {mode!r}")
   if mode == "none":
     return results
-  blur = blur_sigma(*results.shape[1:3]) if mode == "blurred paste-back" else 0.0
-  return inpaint.paste_known(results, inputs, keep, blur=blur)
+  fix = inpaint.PASTE_BACK_MODES[PASTE_MODES.index(mode) - 1]
+  return inpaint.apply_paste_back(fix, results, inputs, keep)
 
 
 def seam_panel(name: str, result: np.ndarray, request: Request) -> Panel:

@@ -41,10 +41,13 @@ Conventions and rules
   marks the new area white in the mask. The new area is filled (``edge`` default, ``reflect``,
   ``mean``, ``black``) only for the saved canvas: the model never sees it (the hole is zeroed
   before encoding, ``E(x·keep)``).
-* ``paste_back``: copies the input's known pixels over the output. The Eq. 6 decoder is trained
-  so that the decoded known region already matches the input without a visible seam, so the
-  paper's system does not need it; it makes the known region exact (e.g. for plain SD-1.5).
-  :func:`paste_known` with ``blur`` > 0 is the feathered variant (the web app offers both).
+* ``paste_back``: the post-hoc fixes people use today (:data:`PASTE_BACK_MODES`,
+  :func:`apply_paste_back`): ``hard`` copies the input's known pixels over the output;
+  ``blurred`` feathers that paste with a Gaussian (:func:`blur_sigma`; diffusers' ``mask_blur``
+  + ``apply_overlay``, BrushNet's 21×21 "blurred blending"); ``poisson`` blends the generated
+  region into the input in the gradient domain (OpenCV's ``seamlessClone``, the ``[eval]``
+  extra). The Eq. 6 decoder is trained so that the decoded known region already matches the
+  input without a visible seam, so the paper's system needs none of them.
 * Other decoders: :meth:`Inpainter.generate` also returns the final latents, and
   :meth:`Inpainter.decode` renders them with another VAE's decoder (same latents, same seed).
 * Randomness: image ``i`` sample ``j`` uses the key ``fold_in(PRNGKey(seed_i), j)``, so results
@@ -90,6 +93,13 @@ OUTPAINT_FILLS = ("edge", "reflect", "mean", "black")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ASPECT_TOLERANCE = 0.01
 CONVERTIBLE_MODES = ("RGB", "L", "P", "RGBA", "LA", "RGBX")
+PASTE_BACK_MODES = ("hard", "blurred", "poisson")
+# OpenCV's seamlessClone erodes its mask by 3 px before taking the source's gradients and pins
+# the edge of the mask's bounding box: the hole grown by 4 px gets the source's gradients over
+# the whole hole and across its border, and boundary values from known pixels.
+CLONE_DILATION = 4
+OPENCV_HINT = ('Poisson blending needs OpenCV: pip install -e ".[eval]" '
+               "(opencv-python-headless)")
 
 
 class InputError(ValueError):
@@ -312,6 +322,79 @@ def paste_known(results: np.ndarray, inputs: np.ndarray, keep: np.ndarray,
   return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
+def blur_sigma(height: int, width: int) -> float:
+  """σ (px) of the blurred paste-back: 1/128 of the shorter side, at least 1 (4 px at 512²,
+  close to BrushNet's 21×21 ``cv2.GaussianBlur`` kernel, whose σ is 3.5 px)."""
+  return max(1.0, min(height, width) / 128)
+
+
+def opencv():
+  """The ``cv2`` module (``opencv-python-headless``, the ``[eval]`` extra), imported on first
+  use; :class:`InputError` naming the extra when it is not installed."""
+  try:
+    import cv2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise InputError(OPENCV_HINT) from e
+  return cv2
+
+
+def poisson_blend(results: np.ndarray, inputs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """Each result's generated region blended into its input in the gradient domain (Pérez et
+  al. 2003 seamless cloning, OpenCV's ``seamlessClone`` with ``NORMAL_CLONE``).
+
+  results, inputs: uint8 (N, H, W, 3); keep: bool (N, H, W), True = known. Inside the hole the
+  output keeps the result's gradients (also across the border: the result's own edges there
+  stay); its values are pinned to the input's known pixels around the hole, so a colour offset
+  between the decoded image and the input is spread smoothly over the hole instead of stepping
+  at the border (what a hard paste-back shows). OpenCV pins the edge of the mask's bounding box:
+  where the hole reaches the image edge (outpainting), the value pinned there is the result
+  shifted by the mean input − result offset on the known border pixels. The input's pixels
+  under the hole are never used; known pixels come out exactly as the input (as with
+  :func:`paste_known`). Needs ``opencv-python-headless`` (``[eval]`` extra);
+  :class:`InputError` names it when missing.
+  """
+  cv2 = opencv()
+  known = np.asarray(keep, bool)
+  out = np.asarray(results).copy()
+  pad = CLONE_DILATION + 1
+  pad3 = ((pad, pad), (pad, pad), (0, 0))
+  ring = known & masks_lib.border_pixels(known)  # known pixels with a generated neighbour
+  for i, (result, source, k) in enumerate(zip(results, inputs, known)):
+    if k.all() or not k.any():
+      continue  # nothing generated / nothing known: no boundary to blend against
+    offset = np.mean(source[ring[i]].astype(np.float32) - result[ring[i]], axis=0)
+    shifted = np.clip(np.round(result + offset), 0, 255).astype(np.uint8)
+    dst = np.pad(np.where(k[..., None], source, shifted), pad3, mode="edge")
+    mask = cv2.dilate(np.pad((~k).astype(np.uint8) * 255, pad), np.ones((3, 3), np.uint8),
+                      iterations=CLONE_DILATION)
+    left, top, width, height = cv2.boundingRect(mask)
+    # seamlessClone puts the mask's bounding box at centre − size // 2: this centre keeps it
+    blended = cv2.seamlessClone(np.pad(result, pad3, mode="edge"), dst, mask,
+                                (left + width // 2, top + height // 2), cv2.NORMAL_CLONE)
+    out[i] = np.where(k[..., None], source, blended[pad:-pad, pad:-pad])
+  return out
+
+
+def apply_paste_back(mode: str, results: np.ndarray, inputs: np.ndarray,
+                     keep: np.ndarray) -> np.ndarray:
+  """``results`` (N, H, W, 3) uint8 after the post-hoc fix ``mode`` (one of
+  :data:`PASTE_BACK_MODES`) with ``inputs`` (N, H, W, 3) uint8 and ``keep`` (N, H, W) bool:
+  ``hard`` / ``blurred`` (:func:`paste_known` with :func:`blur_sigma`) / ``poisson``
+  (:func:`poisson_blend`)."""
+  if mode not in PASTE_BACK_MODES:
+    raise InputError(f"paste-back mode must be one of {', '.join(PASTE_BACK_MODES)}, "
+                     f"got {mode!r}")
+  results, inputs, keep = np.asarray(results), np.asarray(inputs), np.asarray(keep)
+  if results.ndim != 4 or results.shape[-1] != 3 or inputs.shape != results.shape \
+      or keep.shape != results.shape[:3]:
+    raise InputError(f"paste-back needs results and inputs (N, H, W, 3) and keep (N, H, W) of "
+                     f"one size, got {results.shape}, {inputs.shape}, {keep.shape}")
+  if mode == "poisson":
+    return poisson_blend(results, inputs, keep)
+  blur = blur_sigma(*results.shape[1:3]) if mode == "blurred" else 0.0
+  return paste_known(results, inputs, keep, blur=blur)
+
+
 class Inpainter:
   """BLD inpainting/outpainting with one loaded pipeline (see the module doc for the rules).
 
@@ -374,8 +457,8 @@ class Inpainter:
 
   def __call__(self, image, mask, prompt: str = DEFAULT_PROMPT, negative_prompt: str = "", *,
                num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-               num_images: int = 1, paste_back: bool = False, batch_size: int | None = None,
-               progress: bool = False) -> list[np.ndarray]:
+               num_images: int = 1, paste_back: bool | str = False,
+               batch_size: int | None = None, progress: bool = False) -> list[np.ndarray]:
     """``num_images`` results (uint8 (H, W, 3), the image's size) for one image and mask."""
     return self.batch([image], [mask], [prompt], negative_prompt,
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -385,7 +468,7 @@ class Inpainter:
   def batch(self, images: Sequence, masks: Sequence, prompts: str | Sequence[str] = DEFAULT_PROMPT,
             negative_prompts: str | Sequence[str] = "", *, num_inference_steps: int = 50,
             guidance_scale: float = 3.0, seed: int | Sequence[int] = 0, num_images: int = 1,
-            paste_back: bool = False, batch_size: int | None = None,
+            paste_back: bool | str = False, batch_size: int | None = None,
             progress: bool = False) -> list[np.ndarray]:
     """Results for a batch of same-size images, in one device call by default.
 
@@ -395,7 +478,8 @@ class Inpainter:
       seed: one for all images or one per image (see the module doc on keys).
       num_images: samples per image; the result list is image-major
         (``[img0_s0, img0_s1, ..., img1_s0, ...]``).
-      paste_back: copy the known pixels of the input over each result (:func:`paste_known`).
+      paste_back: a post-hoc fix of each result (:func:`apply_paste_back`): a mode of
+        :data:`PASTE_BACK_MODES`, True (= ``hard``) or False (none).
       batch_size: most samples per device call (None = all in one call); the last call is
         padded to the same size, so one program serves every call.
       progress: a progress bar over images (stderr).
@@ -408,7 +492,8 @@ class Inpainter:
                                batch_size=batch_size, progress=progress)
     results = generation.images
     if paste_back:
-      results = paste_known(results, generation.inputs, generation.keep)
+      results = apply_paste_back("hard" if paste_back is True else paste_back, results,
+                                 generation.inputs, generation.keep)
     return list(results)
 
   def generate(self, images: Sequence, masks: Sequence,
@@ -673,9 +758,13 @@ def build_parser() -> argparse.ArgumentParser:
   io.add_argument("--out", default="outputs",
                   help="output file (.png/.jpg...: several results become <stem>_<i>.png) or "
                        "folder (results <image stem>_<i>.png); default: outputs/")
-  io.add_argument("--paste-back", action="store_true",
-                  help="copy the known pixels of the input over the result (exact known "
-                       "region; the Eq. 6 decoder is meant to make this unnecessary)")
+  io.add_argument("--paste-back", nargs="?", const="hard", default=None,
+                  choices=PASTE_BACK_MODES,
+                  help="a post-hoc seam fix (the Eq. 6 decoder is meant to make these "
+                       "unnecessary): hard (the default of a bare --paste-back) copies the "
+                       "known pixels of the input over the result; blurred feathers that "
+                       "paste (Gaussian, sigma = shorter side / 128); poisson blends the "
+                       "generated region in (OpenCV seamlessClone, the [eval] extra)")
   sampling = parser.add_argument_group("sampling")
   sampling.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: scenery)")
   sampling.add_argument("--negative-prompt", default="",
@@ -714,6 +803,8 @@ def run(args) -> list[str]:
     raise InputError(f"--steps and --num-images must be >= 1, got {args.steps}, "
                      f"{args.num_images}")
   image, mask = prepare_inputs(args)
+  if args.paste_back == "poisson":
+    opencv()  # a missing extra is said before any weights load
   paths = output_paths(args.out, args.image, args.num_images)
   t0 = time.perf_counter()
   pipe = Inpainter.load(args.model, **model_options(args))

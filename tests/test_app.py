@@ -85,6 +85,9 @@ def test_paste_modes():
   np.testing.assert_array_equal(soft[~keep[0]], 40)  # never the pixels under the hole
   assert soft[0, 0, 0] == 200  # deep in the known region: the input
   assert 40 < soft[8, 7, 0] < 200  # next to the border: in between
+  poisson = app_lib.apply_paste("Poisson blending", results, inputs, keep)[0]
+  np.testing.assert_array_equal(poisson[keep[0]], 200)  # a flat colour offset: blended away
+  assert np.abs(poisson[~keep[0]].astype(int) - 200).max() <= 1
   with pytest.raises(inpaint.InputError, match="paste mode"):
     app_lib.apply_paste("glue", results, inputs, keep)
 

@@ -186,6 +186,94 @@ def test_blurred_paste_back_feathers_inside_the_known_region_only():
   assert (hard[:12] == 250).all() and (hard[12:] == 0).all()
 
 
+def _gaussian_numpy(image: np.ndarray, sigma: float) -> np.ndarray:
+  """Separable Gaussian of (H, W) with scipy's defaults written out in NumPy: kernel radius
+  int(4σ + 0.5), mirrored edges (scipy 'reflect' = NumPy 'symmetric')."""
+  radius = int(4 * sigma + 0.5)
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps /= taps.sum()
+  out = np.asarray(image, np.float64)
+  for axis in (0, 1):
+    padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
+                    mode="symmetric")
+    out = sum(t * np.take(padded, np.arange(i, i + out.shape[axis]), axis=axis)
+              for i, t in enumerate(taps))
+  return out
+
+
+def _paste_case(seed=0, size=(2, 40, 48)):
+  rng = np.random.default_rng(seed)
+  results = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+  inputs = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+  keep = np.ones(size, bool)
+  keep[0, 10:25, 8:30] = False
+  keep[1, :, 30:] = False
+  return results, inputs, keep
+
+
+def test_hard_and_blurred_paste_back_match_their_formulas():
+  results, inputs, keep = _paste_case()
+  hard = inpaint.apply_paste_back("hard", results, inputs, keep)
+  np.testing.assert_array_equal(hard, np.where(keep[..., None], inputs, results))
+  sigma = inpaint.blur_sigma(*keep.shape[1:])
+  assert sigma == 1.0 and inpaint.blur_sigma(512, 768) == 4.0  # 1/128 of the shorter side
+  blurred = inpaint.apply_paste_back("blurred", results, inputs, keep)
+  for i in range(len(keep)):  # input weight = keep · G_σ(keep), then rounded to uint8
+    weight = (keep[i] * _gaussian_numpy(keep[i].astype(np.float64), sigma))[..., None]
+    expected = np.round(weight * inputs[i] + (1 - weight) * results[i])
+    assert np.abs(blurred[i].astype(int) - expected).max() <= 1
+  np.testing.assert_array_equal(blurred[~keep], results[~keep])  # the hole is never touched
+
+
+@pytest.mark.parametrize("hole", ["inpaint", "outpaint", "edge"])
+def test_poisson_blend_removes_a_colour_offset_and_keeps_known_pixels(hole):
+  height, width = 48, 56
+  ys, xs = np.mgrid[0:height, 0:width]
+  photo = np.stack([60 + 2 * ys, 40 + 2 * xs, 50 + ys + xs], -1).astype(np.uint8)  # smooth
+  keep = np.ones((height, width), bool)
+  if hole == "inpaint":
+    keep[12:30, 10:40] = False
+  elif hole == "outpaint":  # a frame on all four sides: the hole's box is the whole image
+    keep[:] = False
+    keep[8:40, 10:46] = True
+  else:
+    keep[:, 44:] = False
+  result = np.clip(photo.astype(int) + 40, 0, 255).astype(np.uint8)  # the decoder's colour shift
+  under_hole = np.where(keep[..., None], photo, 0).astype(np.uint8)    # never used
+  [out] = inpaint.apply_paste_back("poisson", result[None], under_hole[None], keep[None])
+  assert out.shape == photo.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[keep], photo[keep])  # known pixels (incl. the border) exact
+  hard = inpaint.paste_known(result[None], photo[None], keep[None])[0]
+  step = lambda image: np.abs(image.astype(int) - photo)[~keep].mean()
+  assert step(hard) == 40 and step(out) <= 1.5  # the offset is gone from the hole
+  [noise] = inpaint.apply_paste_back(  # a textured image: finite, valid, known pixels exact
+      "poisson", np.random.default_rng(1).integers(0, 256, (1, height, width, 3), np.uint8),
+      photo[None], keep[None])
+  np.testing.assert_array_equal(noise[keep], photo[keep])
+
+
+def test_paste_back_bad_input_is_named(monkeypatch):
+  results, inputs, keep = _paste_case()
+  with pytest.raises(inpaint.InputError, match="paste-back mode must be one of hard"):
+    inpaint.apply_paste_back("glue", results, inputs, keep)
+  with pytest.raises(inpaint.InputError, match="one size"):
+    inpaint.apply_paste_back("hard", results, inputs[:, :-1], keep)
+  with pytest.raises(inpaint.InputError, match="one size"):
+    inpaint.apply_paste_back("poisson", results, inputs, keep[..., None])
+  monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were missing
+  with pytest.raises(inpaint.InputError, match=r"\[eval\]"):
+    inpaint.apply_paste_back("poisson", results, inputs, keep)
+
+
+def test_cli_paste_back_modes():
+  parse = lambda *extra: inpaint.build_parser().parse_args(
+      ["--model", "m", "--image", "i.png", *extra]).paste_back
+  assert (parse(), parse("--paste-back"), parse("--paste-back", "poisson")) == (
+      None, "hard", "poisson")
+  with pytest.raises(SystemExit):
+    parse("--paste-back", "glue")
+
+
 def test_thin_hole_is_refused(full_system):
   mask = np.zeros((H, W), np.uint8)
   mask[4, 4] = 255  # one pixel that no latent cell samples (nearest picks odd pixels at factor 2)
@@ -230,13 +318,13 @@ def test_cli_on_a_diffusers_folder_writes_results_of_the_input_size(model_folder
 
 
 @pytest.mark.slow
-def test_cli_full_system_outpaint_with_paste_back(tiny_workdirs, tmp_path):
+def test_cli_full_system_outpaint_with_poisson_paste_back(tiny_workdirs, tmp_path):
   image = _image()
   path = _save(image, tmp_path / "photo.png")
   out = str(tmp_path / "wide.png")
   proc = _cli("--model", tiny_workdirs["two_step"], "--vae", tiny_workdirs["vae_finetune"],
               "--image", path, "--outpaint", "6,0,9,3", "--steps", str(STEPS), "--paste-back",
-              "--out", out)
+              "poisson", "--out", out)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = np.asarray(Image.open(out))
   assert result.shape == (H + 3, W + 6 + 9, 3)

@@ -27,6 +27,7 @@ LAYERS = (
 LAZY_OPTIONAL = {
     "torch", "torchvision", "transformers", "diffusers", "pytorch_fid",  # [eval] / [test]
     "matplotlib",                                                         # [experiments]
+    "cv2",                                                                # [eval] (Poisson)
     "gradio",                                                             # [app]
     "tensorflow_datasets",                                                # data.source='tfds'
     "tqdm", "ftfy", "sklearn",                                            # used when installed
