@@ -541,17 +541,24 @@ class Inpainter:
     return Generation(transforms.image_to_uint8(decoded[:, :height, :width]), latents,
                       np.stack(images), keeps, rows)
 
-  def decode(self, generation: Generation, vae_params: dict | None = None) -> np.ndarray:
+  def decode(self, generation: Generation, vae_params: dict | None = None,
+             batch_size: int | None = None) -> np.ndarray:
     """``generation.latents`` rendered by the decoder of ``vae_params`` (a full VAE param tree
     such as :func:`seamless_jax.loading.with_decoder` gives; None = this pipeline's) -> uint8
-    (N, H, W, 3) at the generation's size (one compiled program per latent shape)."""
+    (N, H, W, 3) at the generation's size; ``batch_size``: most latents per device call (None =
+    all; the last call is padded, so one compiled program per latent shape)."""
     vae = self.pipeline.vae
     if self._decode is None:
       self._decode = jax.jit(functools.partial(bld.decode, vae,
                                                scaling_factor=self.scaling_factor,
                                                shift_factor=self.shift_factor))
     params = self.params["vae"] if vae_params is None else vae_params
-    decoded = np.asarray(jax.device_get(self._decode(params, generation.latents)))
+    latents = generation.latents
+    chunk = len(latents) if not batch_size else max(1, min(int(batch_size), len(latents)))
+    decoded = np.concatenate([
+        np.asarray(jax.device_get(self._decode(params, _pad_rows(latents[start:start + chunk],
+                                                                 chunk))))[:len(latents) - start]
+        for start in range(0, len(latents), chunk)])
     height, width = generation.images.shape[1:3]
     return transforms.image_to_uint8(decoded[:, :height, :width])
 

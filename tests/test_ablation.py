@@ -57,6 +57,19 @@ def test_small_base_vae_is_plain_reconstruction_from_scratch():
   assert unet.data.resolution == scales.SCALES["small"].resolution
 
 
+@pytest.mark.parametrize("scale_name", sorted(scales.SCALES))
+def test_plain_vae_control_is_the_eq6_stage_on_plain_reconstructions(scale_name):
+  kwargs = dict(pretrained="/w/base", lpips_path="/ckpt/lpips.safetensors", seed=3)
+  eq6 = _config(scale_name, "eq6_vae", **kwargs).to_dict()
+  plain = _config(scale_name, "plain_vae", **kwargs).to_dict()
+  assert eq6["vae"].pop("blend") and not plain["vae"].pop("blend")  # D(E(x)) vs Eq. 6 blends
+  assert plain == eq6  # steps, batch, lr, seed, data, start, losses, samples: all the same
+  assert not plain["vae"]["train_encoder"] and plain["mode"] == "vae_finetune"
+  assert (plain["total_steps"], plain["seed"]) == (scales.SCALES[scale_name].finetune_steps, 3)
+  assert "plain_vae" in ablation.TRAIN_STAGES and \
+      evaluate.DECODER_RUNS == {"eq6": "eq6_vae", "control": "plain_vae"}
+
+
 def test_sd15_run_names_missing_inputs(tmp_path):
   args = ablation.parse_args(["--scale", "sd15", "--workdir", str(tmp_path)])
   with pytest.raises(ValueError, match="--pretrained"):
@@ -84,11 +97,13 @@ def test_eval_masks_are_seeded_and_survive_the_latent_grid():
 
 
 def test_summary_spread_is_over_seed_means():
-  rows = [{"seed": s, "cd": v, "excess_cd": v, "seam_step": v, "psnr_kept": v}
-          for s, v in ((0, 1.0), (0, 3.0), (1, 4.0), (1, 6.0))]
+  rows = [{"seed": s, "cd": v, "excess_cd": v, "seam_step": v, "psnr_kept": v,
+           "psnr_hole": np.inf} for s, v in ((0, 1.0), (0, 3.0), (1, 4.0), (1, 6.0))]
   summary = evaluate.summarize(rows)
   assert summary["cd"] == 3.5 and summary["cd_per_seed"] == [2.0, 5.0]
   assert summary["cd_seed_std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))
+  assert summary["psnr_hole"] == np.inf and summary["psnr_hole_seed_std"] == 0.0  # unchanged
+  assert "lpips_kept" not in summary  # only the measures the rows have
 
 
 def test_seam_step_sees_a_border_edge_but_not_smooth_content_or_blur():
@@ -105,11 +120,49 @@ def test_seam_step_sees_a_border_edge_but_not_smooth_content_or_blur():
   assert np.isnan(evaluate.seam_step(seam, np.ones((16, 16), bool)))
 
 
-def test_border_point_is_on_the_kept_side_nearest_the_centre():
-  keep = np.ones((16, 16), bool)
-  keep[:, 10:] = False
-  y, x = report.border_point(keep)
-  assert x == 9 and keep[y, x] and abs(y - 8) <= 1
+def test_seam_centre_is_where_the_seam_is_and_on_the_kept_side():
+  keep = np.ones((64, 64), bool)
+  keep[:, 40:] = False
+  image = np.zeros((64, 64, 3))
+  image[44:54, 40:] = 200.0  # an edge on the border only in rows 44-53
+  row, col = evaluate.seam_centre(image, keep, side=16)
+  assert col == 39 and keep[row, col] and 38 <= row <= 59  # its crop holds the whole seam
+  assert evaluate.seam_centre(np.zeros((64, 64, 3)), np.ones((64, 64), bool), 16) == (32, 32)
+
+
+def test_neighbour_difference_lights_up_edges():
+  image = np.zeros((6, 8, 3))
+  image[:, 4:] = (30.0, 40.0, 0.0)
+  diff = report.neighbour_difference(image)
+  np.testing.assert_allclose(diff[:, 3:5], 50.0)  # both sides of the edge
+  assert diff.shape == (6, 8) and not diff[:, :3].any() and not diff[:, 5:].any()
+
+
+def _rows(values, seeds, kind="inpaint"):
+  return [{"seed": s, "kind": kind, "image": i, "excess_cd": v}
+          for i, (s, v) in enumerate(zip(seeds, values))]
+
+
+def test_paired_difference_matches_numpy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=30), rng.normal(size=30)
+  seeds = np.repeat([0, 1, 2], 10)
+  b[7] = np.nan  # a case without border pairs: left out of both
+  rows_b = _rows(b, seeds)[::-1]  # matched by case, not by order
+  got = evaluate.paired_difference(_rows(a, seeds), rows_b, "excess_cd")
+  diff = (a - b)[np.isfinite(b)]
+  kept_seeds = seeds[np.isfinite(b)]
+  assert got["n"] == 29
+  assert got["mean"] == pytest.approx(diff.mean())
+  assert got["std"] == pytest.approx(diff.std(ddof=1))
+  assert got["sem"] == pytest.approx(diff.std(ddof=1) / np.sqrt(29))
+  assert got["seed_std"] == pytest.approx(
+      np.std([diff[kept_seeds == s].mean() for s in (0, 1, 2)], ddof=1))
+  assert got["fraction_lower"] == pytest.approx(np.mean(diff < 0))
+  with pytest.raises(ValueError, match="not the same cases"):
+    evaluate.paired_difference(_rows(a, seeds), _rows(b[:-1], seeds[:-1]), "excess_cd")
+  with pytest.raises(ValueError, match="not the same cases"):
+    evaluate.paired_difference(_rows(a, seeds), _rows(b, seeds, kind="outpaint"), "excess_cd")
 
 
 @pytest.mark.slow
@@ -119,9 +172,13 @@ def test_smoke_run_writes_table_and_figures(tmp_path):
                  "--configs", CONFIGS])
   text = out.read_text()
   for label in ("Base (BLD)", "Fine-tune VAE (Eq. 6)", "Two-step training", "Ours (both)",
-                "15.735", "8.538", "Eq. 6 blend, Eq. 6 decoder"):
+                "15.735", "8.538", "Eq. 6 blend, Eq. 6 decoder", "Plain fine-tune VAE (control)",
+                "Eq. 6 blend, plain fine-tuned decoder (control)", "the method's effect",
+                "Base + paste-back", "Base + blurred paste-back (σ = 1 px)",
+                "Base + Poisson blending", "PSNR hole vs unfixed", "plain_vae 3 x 4"):
     assert label in text, label
-  for name in ("results_curves.png", "results_closeups.png", "results_vae.png"):
+  for name in ("results_curves.png", "results_closeups.png", "results_fixes.png",
+               "results_vae.png"):
     assert (out.parent / name).stat().st_size > 10_000, name
   with open(tmp_path / "w" / "eval" / "results.json") as f:
     results = json.load(f)
@@ -129,6 +186,26 @@ def test_smoke_run_writes_table_and_figures(tmp_path):
     summary = results["bld"][key]["summary"]
     assert set(summary) == set(evaluate.KINDS)
     assert np.isfinite(summary["inpaint"]["excess_cd"])
+  with open(tmp_path / "w" / "runs" / "plain_vae" / "config.json") as f:
+    control = json.load(f)
+  assert not control["vae"]["blend"] and not control["vae"]["train_encoder"]
+  # Eq. 6 − plain, paired by case, in BLD (both UNets) and for the VAE alone
+  bld = results["bld"]
+  for a, b in (("vae_only", "vae_control"), ("both", "two_step_control")):
+    paired = results["paired"][f"{a}-{b}"]["excess_cd"]["inpaint"]
+    diff = [r["excess_cd"] - c["excess_cd"] for r, c in zip(bld[a]["rows"], bld[b]["rows"])
+            if r["kind"] == "inpaint"]
+    assert paired["n"] == len(diff) == 2 and paired["mean"] == pytest.approx(np.mean(diff))
+  vae = results["vae_only"]
+  assert set(vae["summary"]) == {"plain", "base", "eq6", "control"}
+  assert vae["paired"]["eq6-control"]["seam_step"]["outpaint"]["n"] > 0
+  # the fixes of the base row: paste-backs keep the input exactly and leave the hole alone
+  fixes = results["fixes"]
+  assert fixes["hard"]["summary"]["inpaint"]["psnr_kept"] == np.inf
+  assert fixes["poisson"]["summary"]["outpaint"]["psnr_kept"] == np.inf
+  assert fixes["blurred"]["summary"]["inpaint"]["psnr_hole"] == np.inf
+  assert np.isfinite(fixes["poisson"]["summary"]["inpaint"]["psnr_hole"])
+  assert np.isfinite(bld["vae_control"]["summary"]["inpaint"]["psnr_hole"])
   # Same UNet, same seeds: the base and Eq. 6 decoders render the same latents, so the kept
   # region is decoded from the same numbers and only the decoder differs.
   assert results["bld"]["base"]["rows"][0]["cd_truth"] == \

@@ -17,11 +17,16 @@ Stages (each is skipped when its output exists, so a rerun resumes):
              latents; ``base/`` = base UNet + base VAE + text encoder (the "base model").
              At ``sd15`` the base model is ``--pretrained``.
   eq6_vae    Eq. 6 decoder fine-tune from the base (encoder frozen).
+  plain_vae  the decoder's control: the same fine-tune (decoder, steps, batch, learning rate,
+             data, seed) on ordinary reconstructions D(E(x)) instead of Eq. 6 blends; Eq. 6 −
+             plain is the method's effect, Eq. 6 − base also contains the extra training.
   two_step   two-step UNet fine-tune (Alg. 1) from the base.
   standard   standard v-prediction UNet fine-tune from the base, same steps and batch as
              two_step: the "base" UNet of the comparison (equal training, only the loss differs).
-  eval       BLD on held-out images with inpaint and outpaint masks for the four combinations,
-             and the VAE-only measurement (``evaluate.py``); ``eval/results.json``.
+  eval       BLD on held-out images with inpaint and outpaint masks for each UNet with each
+             decoder (base, Eq. 6, plain fine-tune), the post-hoc fixes (paste-back, blurred
+             paste-back, Poisson blending) of the base row, and the VAE-only measurement
+             (``evaluate.py``); ``eval/results.json``.
   report     ``<report>`` Markdown + PNG figures (``report.py``).
 Wall time per stage goes to ``timings.json``.
 """
@@ -53,7 +58,7 @@ from seamless_jax.experiments import scales as scales_lib
 from seamless_jax.models import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
 from seamless_jax.train import loop
 
-TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "two_step", "standard")
+TRAIN_STAGES = ("base_vae", "base_unet", "eq6_vae", "plain_vae", "two_step", "standard")
 ALL_STAGES = ("data", "init") + TRAIN_STAGES + ("eval", "report")
 
 

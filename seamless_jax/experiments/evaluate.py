@@ -1,23 +1,33 @@
-"""Evaluation of the ablation: BLD on held-out images, and the VAE-only measurement.
+"""Evaluation of the ablation: BLD on held-out images, the post-hoc fixes, the VAE alone.
 
 Cases: every held-out image x every mask kind (inpaint, outpaint) x every seed. The seed fixes
-both the mask (``eval_keep``) and the BLD noise, so the four combinations see the same cases.
+both the mask (``eval_keep``) and the BLD noise, so every row sees the same cases.
 
-* BLD (``bld``): for each UNet (``standard`` = the base objective, ``two_step``) and each VAE
-  decoder (base, Eq. 6), :class:`seamless_jax.inpaint.Inpainter` samples with the prompt
-  "scenery", no paste-back (the decoded known region counts, as in the paper). Per case: CD of
-  the output, excess CD (CD(output) − CD(ground truth) on the same border), PSNR of the kept
-  region. The encoder is the base one in all four, so for a given UNet and seed the two decoders
-  render the same latent.
+* BLD (``bld``): each UNet (``standard`` = the base objective, ``two_step``) samples every case
+  once with :class:`seamless_jax.inpaint.Inpainter` (prompt "scenery", no paste-back: the
+  decoded known region counts, as in the paper); the final latents are rendered by each decoder
+  (:data:`DECODERS`: base, Eq. 6, and the plain fine-tune that trained identically on ordinary
+  reconstructions, the control). The encoder is the base one everywhere, so for a UNet and seed
+  the decoders render the same latents. Per case: CD, excess CD (CD(output) − CD(ground truth)
+  on the same border), seam step, PSNR of the kept region, LPIPS of the kept region (with
+  ``--lpips``), and for the fine-tuned decoders the PSNR of the hole against the base decoder's
+  rendering (how much the decoder changes the generated area).
+* Post-hoc fixes (``fixes``): the base row (standard UNet + base decoder) after each of
+  :data:`FIXES` (:func:`seamless_jax.inpaint.apply_paste_back`: hard paste-back, blurred
+  paste-back with a Gaussian of σ = :func:`seamless_jax.inpaint.blur_sigma`, Poisson blending
+  with OpenCV's ``seamlessClone``), the same measures, the hole PSNR against the unfixed output.
 * VAE-only (``vae``): Eq. 6 blends ``D(E(x)·(1−keep↓) + E(x·keep)·keep↓)`` (posterior means) of
-  the held-out images decoded by the base decoder and by the Eq. 6 decoder, plus the plain
-  reconstruction ``D(E(x))`` of the base VAE as the no-blend reference.
+  the held-out images decoded by each decoder, plus the plain reconstruction ``D(E(x))`` of the
+  base VAE as the no-blend reference (``plain``).
+* Paired differences (``paired``): ``a − b`` per case for the pairs of :data:`BLD_PAIRS` and
+  :data:`VAE_PAIRS` (:func:`paired_difference`); Eq. 6 − plain fine-tune is the method's effect.
 * FID (``--fid-weights``) and Aesthetic Score (``--clip`` + ``--aesthetic-head``) per
   combination and mask kind when their weights are given.
 
 Everything goes to ``eval/results.json`` (per-case values and summaries: mean, and the spread
 as the standard deviation of the per-seed means) and ``eval/examples.npz`` (images for the
-figure).
+figures: the cases where the base decoder's seam step is largest, with the crop centre where
+its seam is largest, :func:`seam_centre`).
 """
 
 from __future__ import annotations
@@ -29,10 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from seamless_jax import inpaint
 from seamless_jax import loading
 from seamless_jax import metrics
+from seamless_jax import pictures
 from seamless_jax.data import masks
 from seamless_jax.data import sources
 from seamless_jax.data import transforms
@@ -40,17 +52,34 @@ from seamless_jax.diffusion import blending
 from seamless_jax.diffusion import losses
 from seamless_jax.eval import aesthetic
 from seamless_jax.eval import fid
+from seamless_jax.models import lpips as lpips_lib
 
 KINDS = ("inpaint", "outpaint")
 UNETS = ("standard", "two_step")
-# Table 4 rows: (key, label, unet, vae decoder)
+# Fine-tuned decoders -> the training run they come from (the base decoder is the base VAE's).
+DECODER_RUNS = {"eq6": "eq6_vae", "control": "plain_vae"}
+DECODERS = ("base",) + tuple(DECODER_RUNS)
+# Table 4 rows (+ the control decoder beside the Eq. 6 one): (key, label, unet, decoder)
 COMBOS = (("base", "Base (BLD)", "standard", "base"),
           ("vae_only", "Fine-tune VAE (Eq. 6)", "standard", "eq6"),
+          ("vae_control", "Plain fine-tune VAE (control)", "standard", "control"),
           ("two_step_only", "Two-step training", "two_step", "base"),
-          ("both", "Ours (both)", "two_step", "eq6"))
+          ("both", "Ours (both)", "two_step", "eq6"),
+          ("two_step_control", "Two-step + plain fine-tune VAE (control)", "two_step",
+           "control"))
+# Post-hoc fixes of the base row: (inpaint.apply_paste_back mode, label)
+FIXES = (("hard", "Base + paste-back"), ("blurred", "Base + blurred paste-back"),
+         ("poisson", "Base + Poisson blending"))
+# Paired differences a − b reported: BLD combos, VAE-only decoders.
+BLD_PAIRS = (("vae_only", "vae_control"), ("vae_only", "base"), ("vae_control", "base"),
+             ("both", "two_step_control"), ("both", "two_step_only"),
+             ("two_step_only", "base"), ("both", "base"))
+VAE_PAIRS = (("eq6", "control"), ("eq6", "base"), ("control", "base"))
+METRICS = ("cd", "excess_cd", "seam_step", "psnr_kept", "lpips_kept", "psnr_all", "psnr_hole")
+PAIRED_METRICS = ("excess_cd", "seam_step", "psnr_kept", "lpips_kept", "psnr_all")
 EVAL_AREA = (0.15, 0.35)      # fraction of the image to generate
-EXAMPLES = 4                   # cases per kind kept for the figure (first seed)
-CALL_CASES = 256               # cases per Inpainter.batch call
+EXAMPLES = 4                   # cases per kind kept for the figures
+CALL_CASES = 256               # cases per Inpainter.generate call
 DEVICE_BATCH = {False: 36, True: 8}  # samples per device call: small scales, sd15
 
 
@@ -112,6 +141,27 @@ def make_cases(images: np.ndarray, seeds, latent_factor: int) -> list[dict]:
   return cases
 
 
+def _seam_pairs(image: np.ndarray, keep: np.ndarray):
+  """Every 4-neighbour border pair (p kept, q = p + n generated) whose neighbours p − n (kept)
+  and q + n (generated) exist: ``(positions (M, 2) (row, col) of p, across (M,) = |x_p − x_q|,
+  beside (M,) = (|x_{p−n} − x_p| + |x_q − x_{q+n}|) / 2)`` (Euclidean RGB distances)."""
+  x = np.asarray(image, np.float64)
+  k = np.asarray(keep, bool).reshape(x.shape[:2])
+  height, width = k.shape
+  pad = lambda a, fill: np.pad(a, ((2, 2), (2, 2)) + ((0, 0),) * (a.ndim - 2),
+                               constant_values=fill)
+  xp, kp, inside = pad(x, 0.0), pad(k, False), pad(np.ones_like(k), False)
+  dist = lambda a, b: np.sqrt(np.sum((a - b) ** 2, axis=-1))
+  positions, across, beside = [], [], []
+  for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+    at = lambda a, s: a[2 + s * dy:2 + s * dy + height, 2 + s * dx:2 + s * dx + width]
+    pairs = (at(inside, -1) & at(inside, 2) & at(kp, -1) & k & ~at(kp, 1) & ~at(kp, 2))
+    positions.append(np.argwhere(pairs))
+    across.append(dist(x, at(xp, 1))[pairs])
+    beside.append(0.5 * (dist(at(xp, -1), x) + dist(at(xp, 1), at(xp, 2)))[pairs])
+  return np.concatenate(positions), np.concatenate(across), np.concatenate(beside)
+
+
 def seam_step(image: np.ndarray, keep: np.ndarray) -> float:
   """How much the colour step ACROSS the mask border exceeds the steps BESIDE it (0–255 scale).
 
@@ -121,93 +171,198 @@ def seam_step(image: np.ndarray, keep: np.ndarray) -> float:
   changes all three steps alike, so unlike CD this does not reward blur; a seam (an edge that
   exists only on the border) makes it positive. NaN when there is no such pair.
   """
-  x = np.asarray(image, np.float64)
-  k = np.asarray(keep, bool).reshape(x.shape[:2])
-  across, beside = [], []
-  for axis in (0, 1):
-    for sign in (1, -1):  # n = +1 / -1 along the axis
-      xs, ks = (x, k) if sign == 1 else (np.flip(x, axis), np.flip(k, axis))
-      xs, ks = np.moveaxis(xs, axis, 0), np.moveaxis(ks, axis, 0)
-      p_in, p, q, q_out = (slice(i, ks.shape[0] - 3 + i) for i in range(4))
-      pairs = ks[p_in] & ks[p] & ~ks[q] & ~ks[q_out]
-      dist = lambda a, b: np.sqrt(np.sum((xs[a] - xs[b]) ** 2, axis=-1))
-      across.append(dist(p, q)[pairs])
-      beside.append(0.5 * (dist(p_in, p) + dist(q, q_out))[pairs])
-  across, beside = np.concatenate(across), np.concatenate(beside)
+  _, across, beside = _seam_pairs(image, keep)
   return float(np.mean(across) - np.mean(beside)) if across.size else float("nan")
 
 
-def case_metrics(output: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> dict:
+def closeup_side(size: int) -> int:
+  """Side (px) of the border close-ups of ``size`` px images: a quarter, at least 16 px."""
+  return min(size, max(16, size // 4))
+
+
+def seam_centre(image: np.ndarray, keep: np.ndarray, side: int) -> tuple[int, int]:
+  """(row, col) of the kept border pixel whose ``side`` x ``side`` neighbourhood holds the
+  largest summed seam step (across − beside of :func:`seam_step`'s pairs): where a close-up
+  shows the seam best. :func:`seamless_jax.pictures.border_centre` when there is no pair."""
+  positions, across, beside = _seam_pairs(image, keep)
+  if not len(positions):
+    return pictures.border_centre(keep)
+  excess = np.zeros(np.shape(keep)[:2])
+  np.add.at(excess, (positions[:, 0], positions[:, 1]), across - beside)
+  local = ndimage.uniform_filter(excess, size=side, mode="constant")
+  row, col = positions[np.argmax(local[positions[:, 0], positions[:, 1]])]
+  return int(row), int(col)
+
+
+def case_metrics(output: np.ndarray, truth: np.ndarray, keep: np.ndarray,
+                 reference: np.ndarray | None = None) -> dict:
   """CD, excess CD, seam step and kept-region PSNR of one output (uint8 (H, W, 3)) for
-  ``keep`` (H, W)."""
+  ``keep`` (H, W); with ``reference`` (the same case unfixed / rendered by the base decoder)
+  also ``psnr_hole``: PSNR of the generated region against it (inf = unchanged)."""
   cd = metrics.color_distance(output, keep)
   cd_truth = metrics.color_distance(truth, keep)
-  return {"cd": cd, "excess_cd": cd - cd_truth, "cd_truth": cd_truth,
-          "seam_step": seam_step(output, keep), "seam_step_truth": seam_step(truth, keep),
-          "psnr_kept": metrics.masked_psnr(output, truth, keep)}
+  row = {"cd": cd, "excess_cd": cd - cd_truth, "cd_truth": cd_truth,
+         "seam_step": seam_step(output, keep), "seam_step_truth": seam_step(truth, keep),
+         "psnr_kept": metrics.masked_psnr(output, truth, keep)}
+  if reference is not None:
+    row["psnr_hole"] = metrics.masked_psnr(output, reference, ~np.asarray(keep, bool))
+  return row
 
 
-def summarize(rows: list[dict], keys=("cd", "excess_cd", "seam_step", "psnr_kept")) -> dict:
-  """Mean of each key over ``rows`` and its spread: std of the per-seed means (n seeds)."""
+def case_rows(outputs: np.ndarray, images: np.ndarray, cases: list[dict],
+              reference: np.ndarray | None = None, lpips_fn=None) -> list[dict]:
+  """One row per case: its ``seed``, ``kind``, ``image`` and :func:`case_metrics` of
+  ``outputs`` (N, H, W, 3) uint8 (against ``reference`` (N, H, W, 3) when given), plus
+  ``lpips_kept`` (LPIPS of the kept region, BrushNet's protocol) when ``lpips_fn`` is given."""
+  rows = []
+  for i, (case, output) in enumerate(zip(cases, outputs)):
+    row = {"seed": case["seed"], "kind": case["kind"], "image": case["image"]}
+    row.update(case_metrics(output, images[case["image"]], case["keep"],
+                            None if reference is None else reference[i]))
+    rows.append(row)
+  if lpips_fn is not None:
+    for start in range(0, len(cases), 32):
+      part = cases[start:start + 32]
+      scores = metrics.masked_lpips(outputs[start:start + 32],
+                                    images[[c["image"] for c in part]],
+                                    np.stack([c["keep"] for c in part]), lpips_fn)
+      for row, score in zip(rows[start:start + 32], scores):
+        row["lpips_kept"] = float(score)
+  return rows
+
+
+def summarize(rows: list[dict], keys=None) -> dict:
+  """Mean of each key over ``rows`` and its spread: std of the per-seed means (n seeds).
+  ``keys``: default the :data:`METRICS` the rows have. NaN values are left out; a key whose
+  values are all +inf (PSNR of an unchanged region) has mean inf and spread 0."""
+  keys = [k for k in METRICS if k in rows[0]] if keys is None else keys
   out = {"n": len(rows)}
   seeds = sorted({r["seed"] for r in rows})
-  for key in keys:
-    values = np.asarray([r[key] for r in rows], np.float64)
-    per_seed = [np.nanmean([r[key] for r in rows if r["seed"] == s]) for s in seeds]
-    out[key] = float(np.nanmean(values))
-    out[key + "_seed_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-    out[key + "_per_seed"] = [float(v) for v in per_seed]
+  with np.errstate(invalid="ignore"):
+    for key in keys:
+      values = np.asarray([r[key] for r in rows], np.float64)
+      per_seed = [np.nanmean([r[key] for r in rows if r["seed"] == s]) for s in seeds]
+      spread = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
+      out[key] = float(np.nanmean(values))
+      out[key + "_seed_std"] = float(spread) if np.isfinite(spread) else 0.0
+      out[key + "_per_seed"] = [float(v) for v in per_seed]
   return out
+
+
+def summarize_kinds(rows: list[dict]) -> dict:
+  """:func:`summarize` of each mask kind: ``{kind: summary}``."""
+  return {kind: summarize([r for r in rows if r["kind"] == kind]) for kind in KINDS}
+
+
+def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str) -> dict:
+  """``a − b`` of ``metric`` per case, the rows matched by (seed, kind, image).
+
+  Returns ``mean``; ``sem``: its standard error over the cases (std / √n); ``std``;
+  ``seed_std``: std of the per-seed mean differences; ``fraction_lower``: share of the cases
+  where a < b; ``n``: cases with a finite difference (others are left out: a border without
+  pairs, an unchanged region's infinite PSNR). ValueError when the two sets of cases differ.
+  """
+  case = lambda r: (r["seed"], r["kind"], r["image"])
+  by_case = {case(r): r for r in rows_b}
+  if len(by_case) != len(rows_b) or len(rows_a) != len(rows_b) or \
+      any(case(r) not in by_case for r in rows_a):
+    raise ValueError(f"paired {metric}: the two row sets are not the same cases "
+                     f"({len(rows_a)} vs {len(rows_b)} rows)")
+  diff = np.asarray([r[metric] - by_case[case(r)][metric] for r in rows_a], np.float64)
+  seeds = np.asarray([r["seed"] for r in rows_a])
+  finite = np.isfinite(diff)
+  diff, seeds = diff[finite], seeds[finite]
+  n = int(diff.size)
+  std = float(diff.std(ddof=1)) if n > 1 else 0.0
+  per_seed = [diff[seeds == s].mean() for s in np.unique(seeds)]
+  return {"mean": float(diff.mean()) if n else float("nan"), "sem": std / np.sqrt(max(n, 1)),
+          "std": std, "seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+          "fraction_lower": float(np.mean(diff < 0)) if n else float("nan"), "n": n}
+
+
+def paired_table(rows: dict[str, list[dict]], pairs) -> dict:
+  """``{'a-b': {metric: {kind: paired_difference}}}`` for each (a, b) of ``pairs`` (keys of
+  ``rows``), over the :data:`PAIRED_METRICS` the rows have."""
+  table = {}
+  for a, b in pairs:
+    found = [m for m in PAIRED_METRICS if m in rows[a][0]]
+    table[f"{a}-{b}"] = {
+        m: {kind: paired_difference([r for r in rows[a] if r["kind"] == kind],
+                                    [r for r in rows[b] if r["kind"] == kind], m)
+            for kind in KINDS} for m in found}
+  return table
 
 
 # ============================================================================ BLD
 
 def run_bld(paths, scale, images: np.ndarray, cases: list[dict]) -> dict:
-  """Samples every case with the four combinations; ``{combo: (N, H, W, 3) uint8}``.
+  """Samples every case once per UNet and renders it with each decoder;
+  ``{combo: (N, H, W, 3) uint8}``.
 
-  One :class:`~seamless_jax.inpaint.Inpainter` per UNet (one compiled program): it renders
-  with the base decoder, then its VAE params are swapped for the base encoder + Eq. 6 decoder
-  (what ``Inpainter.load(..., vae=eq6 run)`` assembles) and the same seeds run again.
+  One :class:`~seamless_jax.inpaint.Inpainter` per UNet (one compiled sampler);
+  :meth:`~seamless_jax.inpaint.Inpainter.decode` renders the same final latents with the base
+  VAE and with the base encoder + each fine-tuned decoder (what ``Inpainter.load(..., vae=run)``
+  assembles), so the rows of one UNet differ only by the decoder.
   """
-  _, eq6_vae_params = loading.load_vae(paths.run("eq6_vae"), dtype=scale.dtype)
+  fine_tuned = {name: loading.load_vae(paths.run(run), dtype=scale.dtype)[1]
+                for name, run in DECODER_RUNS.items()}
+  batch = min(len(cases), DEVICE_BATCH[scale.name == "sd15"])
   outputs = {}
   for unet in UNETS:
     pipe = inpaint.Inpainter.load(paths.run(unet), dtype=scale.dtype)
-    decoders = {"base": pipe.params["vae"],
-                "eq6": jax.device_put(loading.with_decoder(pipe.pipeline.vae_params,
-                                                           eq6_vae_params))}
-    for key, _, combo_unet, vae in COMBOS:
-      if combo_unet != unet:
-        continue
-      pipe.params = {**pipe.params, "vae": decoders[vae]}
-      results, sample_s, compile_s = [], 0.0, 0.0
-      for start in range(0, len(cases), CALL_CASES):  # bounded host memory per call
-        part = cases[start:start + CALL_CASES]
-        results += pipe.batch([images[c["image"]] for c in part],
-                              [masks.mask_image_from_keep(c["keep"]) for c in part], "scenery",
-                              num_inference_steps=scale.num_inference_steps,
-                              guidance_scale=scale.guidance_scale,
-                              seed=[1000 * c["seed"] + start + i for i, c in enumerate(part)],
-                              batch_size=min(len(cases), DEVICE_BATCH[scale.name == "sd15"]))
-        sample_s, compile_s = sample_s + pipe.stats.sample_s, compile_s + pipe.stats.compile_s
-      print(f"  bld {key}: {len(cases)} samples, {sample_s:.1f} s sampling, "
-            f"{compile_s:.1f} s compile", flush=True)
-      outputs[key] = np.stack(results)
+    decoders = {"base": pipe.params["vae"]}
+    decoders.update({name: jax.device_put(loading.with_decoder(pipe.pipeline.vae_params, p))
+                     for name, p in fine_tuned.items()})
+    rendered, sample_s, compile_s = {name: [] for name in decoders}, 0.0, 0.0
+    for start in range(0, len(cases), CALL_CASES):  # bounded host memory per call
+      part = cases[start:start + CALL_CASES]
+      generation = pipe.generate(
+          [images[c["image"]] for c in part],
+          [masks.mask_image_from_keep(c["keep"]) for c in part], "scenery",
+          num_inference_steps=scale.num_inference_steps, guidance_scale=scale.guidance_scale,
+          seed=[1000 * c["seed"] + start + i for i, c in enumerate(part)], batch_size=batch)
+      sample_s, compile_s = sample_s + pipe.stats.sample_s, compile_s + pipe.stats.compile_s
+      for name, params in decoders.items():
+        rendered[name].append(pipe.decode(generation, params, batch_size=batch))
+    print(f"  bld {unet}: {len(cases)} samples, {sample_s:.1f} s sampling, "
+          f"{compile_s:.1f} s compile, rendered by {len(decoders)} decoders", flush=True)
+    for key, _, combo_unet, decoder in COMBOS:
+      if combo_unet == unet:
+        outputs[key] = np.concatenate(rendered[decoder])
   return outputs
 
 
-def bld_metrics(images, cases, outputs: dict) -> dict:
-  """Per-case rows and summaries per combination and mask kind."""
+def _combo(unet: str, decoder: str) -> str:
+  return next(key for key, _, u, d in COMBOS if (u, d) == (unet, decoder))
+
+
+def bld_metrics(images, cases, outputs: dict, lpips_fn=None) -> dict:
+  """Per-case rows and summaries per combination and mask kind (the fine-tuned decoders'
+  hole PSNR against the base decoder's rendering of the same latents)."""
   results = {}
-  for key, label, unet, vae in COMBOS:
-    rows = []
-    for case, output in zip(cases, outputs[key]):
-      row = {"seed": case["seed"], "kind": case["kind"], "image": case["image"]}
-      row.update(case_metrics(output, images[case["image"]], case["keep"]))
-      rows.append(row)
-    results[key] = {"label": label, "unet": unet, "vae": vae, "rows": rows,
-                    "summary": {kind: summarize([r for r in rows if r["kind"] == kind])
-                                for kind in KINDS}}
+  for key, label, unet, decoder in COMBOS:
+    reference = None if decoder == "base" else outputs[_combo(unet, "base")]
+    rows = case_rows(outputs[key], images, cases, reference, lpips_fn)
+    results[key] = {"label": label, "unet": unet, "vae": decoder, "rows": rows,
+                    "summary": summarize_kinds(rows)}
+  return results
+
+
+def fix_outputs(base: np.ndarray, images: np.ndarray, cases: list[dict]) -> dict:
+  """The base row (N, H, W, 3) uint8 after each of :data:`FIXES`: ``{mode: (N, H, W, 3)}``."""
+  inputs = images[[c["image"] for c in cases]]
+  keep = np.stack([c["keep"] for c in cases])
+  return {mode: inpaint.apply_paste_back(mode, base, inputs, keep) for mode, _ in FIXES}
+
+
+def fix_metrics(images, cases, fixed: dict, base: np.ndarray, lpips_fn=None) -> dict:
+  """Rows and summaries of each fix (hole PSNR against the unfixed ``base`` output)."""
+  sigma = inpaint.blur_sigma(*images.shape[1:3])
+  results = {}
+  for mode, label in FIXES:
+    rows = case_rows(fixed[mode], images, cases, base, lpips_fn)
+    results[mode] = {"label": label, "rows": rows, "summary": summarize_kinds(rows)}
+  results["blurred"]["blur_sigma"] = sigma
   return results
 
 
@@ -229,16 +384,18 @@ def add_quality_scores(results: dict, images, cases, outputs: dict, args) -> Non
 
 # ============================================================================ VAE only
 
-def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
-  """Eq. 6 blends of the held-out images decoded by the base and the Eq. 6 decoder.
+def vae_only(paths, scale, images: np.ndarray, seeds, lpips_fn=None) -> dict:
+  """Eq. 6 blends of the held-out images decoded by each of :data:`DECODERS`.
 
-  Returns ``{'rows': [...], 'summary': {decoder: {kind: summary}}, 'examples': ...}`` with
-  decoders ``base`` (base decoder on the blend), ``eq6`` (Eq. 6 decoder on the blend) and
-  ``plain`` (base VAE, no blend: D(E(x)), the reconstruction floor).
+  Returns ``{'rows': [...], 'summary': {decoder: {kind: summary}}, 'paired': ..., 'cases',
+  'outputs'}`` with decoders ``base`` / ``eq6`` / ``control`` (the base encoder + that
+  decoder on the blend) and ``plain`` (base VAE, no blend: D(E(x)), the reconstruction floor).
   """
   vae, base_params = loading.load_vae(paths.base, dtype=scale.dtype)
-  _, eq6_params = loading.load_vae(paths.run("eq6_vae"), dtype=scale.dtype)
-  decoders = {"base": base_params, "eq6": loading.with_decoder(base_params, eq6_params)}
+  decoders = {"base": base_params}
+  decoders.update({name: loading.with_decoder(
+      base_params, loading.load_vae(paths.run(run), dtype=scale.dtype)[1])
+                   for name, run in DECODER_RUNS.items()})
 
   @jax.jit
   def blend_decode(enc_params, dec_params, x, keep):
@@ -256,7 +413,7 @@ def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
   to_uint8, x = transforms.image_to_uint8, transforms.image_to_float(images)
   recon = to_uint8(plain(base_params, x))
   cases = make_cases(images, seeds, int(vae.downscale))
-  rows, decoded = [], {}
+  decoded = {}
   for name, params in decoders.items():
     outs = []
     for start in range(0, len(cases), 32):
@@ -266,32 +423,17 @@ def vae_only(paths, scale, images: np.ndarray, seeds) -> dict:
                                         keep)))
     decoded[name] = np.concatenate(outs)
   decoded["plain"] = recon[[c["image"] for c in cases]]
+  by_decoder = {}
   for name, outs in decoded.items():
-    for case, output in zip(cases, outs):
-      row = {"decoder": name, "seed": case["seed"], "kind": case["kind"], "image": case["image"]}
-      row.update(case_metrics(output, images[case["image"]], case["keep"]))
+    reference = None if name in ("base", "plain") else decoded["base"]
+    by_decoder[name] = case_rows(outs, images, cases, reference, lpips_fn)
+    for row, case, output in zip(by_decoder[name], cases, outs):
+      row["decoder"] = name
       row["psnr_all"] = _psnr(output, images[case["image"]])
-      rows.append(row)
-  summary = {name: {kind: summarize([r for r in rows if r["decoder"] == name
-                                     and r["kind"] == kind],
-                                    keys=("cd", "excess_cd", "seam_step", "psnr_kept",
-                                          "psnr_all"))
-                    for kind in KINDS} for name in decoded}
-  paired = {}
-  for metric in ("excess_cd", "seam_step"):
-    for kind in KINDS:  # the drop per case (same image, mask, seed): base − eq6
-      base = [r[metric] for r in rows if r["decoder"] == "base" and r["kind"] == kind]
-      eq6 = [r[metric] for r in rows if r["decoder"] == "eq6" and r["kind"] == kind]
-      diff = np.asarray(base) - np.asarray(eq6)
-      diff = diff[np.isfinite(diff)]
-      paired.setdefault(metric, {})[kind] = {
-          "mean_drop": float(diff.mean()), "std_drop": float(diff.std(ddof=1)),
-          "sem": float(diff.std(ddof=1) / np.sqrt(diff.size)),
-          "fraction_improved": float(np.mean(diff > 0)), "n": int(diff.size)}
-  chosen = _example_indices(cases)
-  examples = {name: outs[chosen] for name, outs in decoded.items()}
-  return {"rows": rows, "summary": summary, "paired": paired, "cases": cases,
-          "examples": examples}
+  return {"rows": [r for rows in by_decoder.values() for r in rows],
+          "summary": {name: summarize_kinds(rows) for name, rows in by_decoder.items()},
+          "paired": paired_table(by_decoder, VAE_PAIRS), "cases": cases, "outputs": decoded,
+          "by_decoder": by_decoder}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -301,41 +443,71 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # ============================================================================ driver
 
-def _example_indices(cases: list[dict]) -> list[int]:
-  """``EXAMPLES`` cases of each kind at the first seed, on images spread over the set."""
-  first = cases[0]["seed"]
+def largest_seams(cases: list[dict], rows: list[dict]) -> list[int]:
+  """``EXAMPLES`` cases of each kind with the largest seam step in ``rows`` (one per case:
+  the base decoder's), on distinct images where there are enough."""
   chosen = []
   for kind in KINDS:
-    pool = [i for i, c in enumerate(cases) if c["seed"] == first and c["kind"] == kind]
-    picks = np.unique(np.linspace(0, len(pool) - 1, min(EXAMPLES, len(pool))).round())
-    chosen += [pool[int(j)] for j in picks]
+    pool = [i for i, c in enumerate(cases) if c["kind"] == kind]
+    pool.sort(key=lambda i: -np.nan_to_num(rows[i]["seam_step"], nan=-np.inf))
+    picked, images = [], set()
+    for i in pool:  # distinct images first, then the rest by seam
+      if cases[i]["image"] not in images:
+        picked.append(i)
+        images.add(cases[i]["image"])
+    picked += [i for i in pool if i not in picked]
+    chosen += picked[:EXAMPLES]
   return chosen
 
 
+def example_arrays(prefix: str, images, cases, chosen: list[int], base: np.ndarray,
+                   outputs: dict) -> dict:
+  """The figure's arrays of the ``chosen`` cases: ``{prefix}truth``, ``{prefix}keep``,
+  ``{prefix}kind``, ``{prefix}centre`` (the close-up centre: where ``base``'s seam is
+  largest, :func:`seam_centre`), and ``{prefix}{name}`` for each of ``outputs``."""
+  side = closeup_side(images.shape[1])
+  arrays = {f"{prefix}truth": np.stack([images[cases[i]["image"]] for i in chosen]),
+            f"{prefix}keep": np.stack([cases[i]["keep"] for i in chosen]),
+            f"{prefix}kind": np.asarray([cases[i]["kind"] for i in chosen]),
+            f"{prefix}centre": np.asarray([seam_centre(base[i], cases[i]["keep"], side)
+                                           for i in chosen])}
+  arrays.update({f"{prefix}{name}": out[chosen] for name, out in outputs.items()})
+  return arrays
+
+
+def _lpips(args):
+  """The LPIPS function of ``--lpips`` (None without weights: no LPIPS column)."""
+  return lpips_lib.load_lpips_fn(args.lpips) if getattr(args, "lpips", "") else None
+
+
 def evaluate_ablation(paths, scale, args) -> dict:
-  """Runs both measurements; writes ``eval/results.json`` and ``eval/examples.npz``."""
+  """Runs the measurements; writes ``eval/results.json`` and ``eval/examples.npz``."""
   os.makedirs(paths.eval, exist_ok=True)
   images = read_eval_images(paths.eval_images, scale.resolution, scale.eval_images)
   print(f"  eval: {len(images)} held-out images from {paths.eval_images}", flush=True)
-  vae_result = vae_only(paths, scale, images, scale.vae_eval_seeds)
+  lpips_fn = _lpips(args)
+  vae_result = vae_only(paths, scale, images, scale.vae_eval_seeds, lpips_fn)
   cases = make_cases(images, scale.eval_seeds, 8)
   outputs = run_bld(paths, scale, images, cases)
-  bld = bld_metrics(images, cases, outputs)
+  bld = bld_metrics(images, cases, outputs, lpips_fn)
+  fixed = fix_outputs(outputs["base"], images, cases)
+  fixes = fix_metrics(images, cases, fixed, outputs["base"], lpips_fn)
   add_quality_scores(bld, images, cases, outputs, args)
-  chosen = _example_indices(cases)
-  arrays = {"truth": np.stack([images[cases[i]["image"]] for i in chosen]),
-            "keep": np.stack([cases[i]["keep"] for i in chosen]),
-            "kind": np.asarray([cases[i]["kind"] for i in chosen])}
-  arrays.update({f"bld_{key}": outputs[key][chosen] for key in outputs})
-  vae_chosen = _example_indices(vae_result["cases"])
-  arrays.update({f"vae_{name}": vae_result["examples"][name] for name in vae_result["examples"]})
-  arrays["vae_truth"] = np.stack([images[vae_result["cases"][i]["image"]] for i in vae_chosen])
-  arrays["vae_keep"] = np.stack([vae_result["cases"][i]["keep"] for i in vae_chosen])
+  chosen = largest_seams(cases, bld["base"]["rows"])
+  arrays = example_arrays("", images, cases, chosen, outputs["base"],
+                          {**{f"bld_{k}": v for k, v in outputs.items()},
+                           **{f"fix_{k}": v for k, v in fixed.items()}})
+  vae_cases = vae_result["cases"]
+  vae_chosen = largest_seams(vae_cases, vae_result["by_decoder"]["base"])
+  arrays.update(example_arrays("vae_", images, vae_cases, vae_chosen,
+                               vae_result["outputs"]["base"], vae_result["outputs"]))
   np.savez_compressed(os.path.join(paths.eval, "examples.npz"), **arrays)
   results = {"scale": scale.name, "num_images": int(len(images)),
              "seeds": list(scale.eval_seeds), "vae_seeds": list(scale.vae_eval_seeds),
              "num_inference_steps": scale.num_inference_steps,
-             "guidance_scale": scale.guidance_scale, "bld": bld,
+             "guidance_scale": scale.guidance_scale, "lpips": bool(lpips_fn), "bld": bld,
+             "fixes": fixes,
+             "paired": paired_table({k: v["rows"] for k, v in bld.items()}, BLD_PAIRS),
              "vae_only": {k: vae_result[k] for k in ("rows", "summary", "paired")}}
   with open(os.path.join(paths.eval, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)

@@ -2,8 +2,11 @@
 
 ``write_report(paths, scale, report_path)`` reads ``eval/results.json``, ``timings.json``,
 ``ablation_args.json`` and every run's ``metrics.jsonl`` under the experiment workdir and writes
-``report_path`` plus three PNGs beside it (``<stem>_curves.png``, ``<stem>_closeups.png``,
-``<stem>_vae.png``). Needs matplotlib (``pip install seamless_jax[experiments]``).
+``report_path`` plus four PNGs beside it (``<stem>_curves.png``, ``<stem>_closeups.png``,
+``<stem>_fixes.png``, ``<stem>_vae.png``). Needs matplotlib (``pip install
+seamless_jax[experiments]``). The close-ups show the cases where the base decoder's seam step is
+largest, cropped where its seam is largest (the same crop in every column), enlarged without
+smoothing, with a strip of each pixel's largest colour difference to its 4 neighbours below.
 A ``<stem>_notes.md`` file beside the report, when present, is inserted as its discussion.
 """
 
@@ -24,6 +27,7 @@ PAPER_TABLE4 = {"base": (18.466, 5.367, 15.735), "vae_only": (16.835, 5.725, 15.
 RUN_CURVES = (("base_vae", "Base VAE (plain reconstruction): L1", ("l1",)),
               ("base_unet", "Base UNet (standard v-prediction)", ("loss",)),
               ("eq6_vae", "Eq. 6 decoder fine-tune: L1 of Eq. 6 blends", ("l1",)),
+              ("plain_vae", "Plain decoder fine-tune (control): L1 of D(E(x))", ("l1",)),
               ("standard", "UNet fine-tune: standard", ("loss",)),
               ("two_step", "UNet fine-tune: two-step",
                ("loss_first_step", "loss_second_step", "loss")))
@@ -124,20 +128,6 @@ def save_figure(fig, path: str, dpi: int) -> None:
   palette.save(path, optimize=True)
 
 
-def border_point(keep: np.ndarray) -> tuple[int, int]:
-  """The border pixel (a kept pixel with a generated 4-neighbour) nearest the image centre."""
-  k = keep.astype(bool)
-  border = np.zeros_like(k)
-  border[:-1] |= k[:-1] != k[1:]
-  border[1:] |= k[:-1] != k[1:]
-  border[:, :-1] |= k[:, :-1] != k[:, 1:]
-  border[:, 1:] |= k[:, :-1] != k[:, 1:]
-  ys, xs = np.nonzero(border & k)
-  h, w = k.shape
-  i = int(np.argmin((ys - h / 2) ** 2 + (xs - w / 2) ** 2))
-  return int(ys[i]), int(xs[i])
-
-
 def crop_around(image: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray:
   h, w = image.shape[:2]
   top = int(np.clip(centre[0] - size // 2, 0, h - size))
@@ -158,36 +148,60 @@ def outline(image: np.ndarray, keep: np.ndarray, darken: bool = True) -> np.ndar
   return out.astype(np.uint8)
 
 
-def plot_closeups(truth, keep, columns: list[tuple[str, np.ndarray]], out_path: str,
+def neighbour_difference(image: np.ndarray) -> np.ndarray:
+  """(H, W): each pixel's largest Euclidean RGB distance (0–255 scale) to its 4 neighbours of
+  ``image`` (H, W, 3): edges light up, a seam is a line along the mask border."""
+  x = np.asarray(image, np.float64)
+  out = np.zeros(x.shape[:2])
+  for axis in (0, 1):
+    step = np.sqrt(np.sum(np.diff(x, axis=axis) ** 2, axis=-1))
+    head = [slice(None)] * 2
+    tail = [slice(None)] * 2
+    head[axis], tail[axis] = slice(0, -1), slice(1, None)
+    out[tuple(head)] = np.maximum(out[tuple(head)], step)
+    out[tuple(tail)] = np.maximum(out[tuple(tail)], step)
+  return out
+
+
+def plot_closeups(truth, keep, centres, columns: list[tuple[str, np.ndarray]], out_path: str,
                   title: str) -> None:
-  """Rows: each case in full and a close-up at its border; columns: input, then ``columns``."""
+  """Per case (``truth`` (n, H, W, 3), ``keep`` (n, H, W), ``centres`` (n, 2)): the full image,
+  a close-up around its centre and the close-up's :func:`neighbour_difference` (one grey scale
+  per case); columns: the input, then ``columns`` ``(name, (n, H, W, 3))``. Every panel is
+  drawn with nearest-neighbour enlargement."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   n, size = len(truth), truth.shape[1]
-  zoom = max(16, size // 4)
+  zoom = evaluate.closeup_side(size)
   cols = 1 + len(columns)
-  fig, axes = plt.subplots(2 * n, cols, figsize=(2.1 * cols, 2.1 * 2 * n), squeeze=False)
+  fig, axes = plt.subplots(3 * n, cols, figsize=(2.1 * cols, 2.1 * 3 * n), squeeze=False)
   for i in range(n):
-    centre = border_point(keep[i])
+    centre = tuple(int(c) for c in centres[i])
     panels = [("input (hole dark, border red)", outline(truth[i], keep[i]))] + [
         (name, images[i]) for name, images in columns]
+    crops = [crop_around(image if j else truth[i], centre, zoom)
+             for j, (_, image) in enumerate(panels)]
+    strips = [neighbour_difference(crop) for crop in crops]
+    top = max(float(np.percentile(np.concatenate([s.ravel() for s in strips]), 99)), 1.0)
     for j, (name, image) in enumerate(panels):
-      axes[2 * i, j].imshow(image)
-      axes[2 * i + 1, j].imshow(crop_around(image if j else outline(truth[i], keep[i], False),
-                                            centre, zoom),
+      axes[3 * i, j].imshow(image, interpolation="nearest")
+      axes[3 * i + 1, j].imshow(outline(crops[j], crop_around(keep[i], centre, zoom), False)
+                                if j == 0 else crops[j], interpolation="nearest")
+      axes[3 * i + 2, j].imshow(strips[j], cmap="gray", vmin=0, vmax=top,
                                 interpolation="nearest")
       if i == 0:
         axes[0, j].set_title(name, fontsize=8)
-      for ax in (axes[2 * i, j], axes[2 * i + 1, j]):
+      for ax in axes[3 * i:3 * i + 3, j]:
         ax.set_xticks([])
         ax.set_yticks([])
     h0 = np.clip(centre[0] - zoom // 2, 0, size - zoom)
     w0 = np.clip(centre[1] - zoom // 2, 0, size - zoom)
     for j in range(cols):
-      axes[2 * i, j].add_patch(matplotlib.patches.Rectangle(
+      axes[3 * i, j].add_patch(matplotlib.patches.Rectangle(
           (w0 - 0.5, h0 - 0.5), zoom, zoom, fill=False, edgecolor="yellow", linewidth=1))
-    axes[2 * i + 1, 0].set_ylabel("close-up", fontsize=8)
+    axes[3 * i + 1, 0].set_ylabel("close-up", fontsize=8)
+    axes[3 * i + 2, 0].set_ylabel("diff. to neighbours", fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
   save_figure(fig, out_path, dpi=80)
@@ -196,77 +210,158 @@ def plot_closeups(truth, keep, columns: list[tuple[str, np.ndarray]], out_path: 
 
 # ============================================================================ Markdown
 
+VAE_LABELS = {"plain": "Base VAE, no blend: D(E(x))", "base": "Eq. 6 blend, base decoder",
+              "eq6": "Eq. 6 blend, Eq. 6 decoder",
+              "control": "Eq. 6 blend, plain fine-tuned decoder (control)"}
+MIN_CASES = 10  # fewer paired cases than this: no verdict on an effect (the smoke scale)
+METRIC_TITLES = {"cd": "CD", "excess_cd": "excess CD ↓", "seam_step": "seam step ↓",
+                 "psnr_kept": "PSNR kept ↑", "lpips_kept": "LPIPS kept ↓",
+                 "psnr_all": "PSNR all ↑", "psnr_hole": "PSNR hole vs unfixed"}
+
+
 def _fmt(summary: dict, key: str, digits: int = 2) -> str:
   if key not in summary:
     return "–"
+  if np.isinf(summary[key]):
+    return "∞"
   spread = summary.get(key + "_seed_std")
   value = f"{summary[key]:.{digits}f}"
   return f"{value} ± {spread:.{digits}f}" if spread else value
 
 
+def _diff(p: dict, digits: int = 2) -> str:
+  """A paired difference: mean ± standard error."""
+  if not p["n"]:
+    return "–"
+  return f"{p['mean']:+.{digits}f} ± {p['sem']:.{digits}f}"
+
+
+def _labels() -> dict:
+  return {key: label for key, label, _, _ in evaluate.COMBOS}
+
+
+def _is_effect(a: str, b: str, decoder_of: dict) -> bool:
+  """Whether ``a − b`` is Eq. 6 − plain fine-tune (the same UNet): the method's effect."""
+  return (decoder_of.get(a, a), decoder_of.get(b, b)) == ("eq6", "control")
+
+
 def table4(results: dict) -> list[str]:
-  """The Table 4 layout (rows = the four combinations), paper numbers beside ours."""
+  """The Table 4 layout (one row per combination), paper numbers beside ours."""
   bld = results["bld"]
   lines = ["| Models | Paper FID ↓ | Paper AS ↑ | Paper CD ↓ | "
            "Inpaint CD ↓ | excess CD ↓ | seam step ↓ | PSNR kept ↑ | FID ↓ | AS ↑ | "
            "Outpaint CD ↓ | excess CD ↓ | seam step ↓ | PSNR kept ↑ |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for key, label, _, _ in evaluate.COMBOS:
-    fid_p, as_p, cd_p = PAPER_TABLE4[key]
+    paper = (f"{v:.3f}" for v in PAPER_TABLE4[key]) if key in PAPER_TABLE4 else ["–"] * 3
     s_in, s_out = bld[key]["summary"]["inpaint"], bld[key]["summary"]["outpaint"]
     cells = ([_fmt(s_in, k) for k in ("cd", "excess_cd", "seam_step", "psnr_kept", "fid", "as")]
              + [_fmt(s_out, k) for k in ("cd", "excess_cd", "seam_step", "psnr_kept")])
-    lines.append(f"| {label} | {fid_p:.3f} | {as_p:.3f} | {cd_p:.3f} | " + " | ".join(cells)
-                 + " |")
+    lines.append(f"| {label} | " + " | ".join(list(paper) + cells) + " |")
   return lines
 
 
-def vae_table(results: dict) -> list[str]:
-  vae = results["vae_only"]
-  names = {"plain": "Base VAE, no blend: D(E(x))", "base": "Eq. 6 blend, base decoder",
-           "eq6": "Eq. 6 blend, Eq. 6 decoder"}
-  keys = ("cd", "excess_cd", "seam_step", "psnr_kept", "psnr_all")
-  lines = ["| Decoding | Inpaint CD | excess CD ↓ | seam step ↓ | PSNR kept ↑ | PSNR all ↑ | "
-           "Outpaint CD | excess CD ↓ | seam step ↓ | PSNR kept ↑ | PSNR all ↑ |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for name in ("plain", "base", "eq6"):
-    s_in, s_out = vae["summary"][name]["inpaint"], vae["summary"][name]["outpaint"]
-    cells = [_fmt(s, k) for s in (s_in, s_out) for k in keys]
-    lines.append(f"| {names[name]} | " + " | ".join(cells) + " |")
-  lines.append("")
-  for metric, title in (("excess_cd", "excess CD"), ("seam_step", "seam step")):
-    for kind in evaluate.KINDS:
-      p = vae["paired"][metric][kind]
-      lines.append(f"- {kind}, {title}: drop (base decoder − Eq. 6 decoder, same image, mask "
-                   f"and seed) = **{p['mean_drop']:.2f} ± {p['sem']:.2f}** (mean ± standard "
-                   f"error over {p['n']} cases, std {p['std_drop']:.2f}); the Eq. 6 decoder is "
-                   f"lower in {100 * p['fraction_improved']:.0f} % of them.")
+def paired_lines(paired: dict, labels: dict, decoder_of: dict) -> list[str]:
+  """Table of paired differences (rows ``'a-b'`` of ``paired``; mean ± standard error)."""
+  first = next(iter(paired.values()))
+  found = [m for m in evaluate.PAIRED_METRICS if m in first]
+  lines = ["| a − b | " + " | ".join(f"{kind} Δ {METRIC_TITLES[m].split(' ↑')[0].split(' ↓')[0]}"
+                                      for kind in evaluate.KINDS for m in found) + " | n |",
+           "|---|" + "---|" * (len(found) * len(evaluate.KINDS) + 1)]
+  for name, table in paired.items():
+    a, b = name.split("-")
+    label = f"{labels[a]} − {labels[b]}"
+    if _is_effect(a, b, decoder_of):
+      label = f"**{label}: the method's effect**"
+    cells = [_diff(table[m][kind]) for kind in evaluate.KINDS for m in found]
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {table[found[0]]['inpaint']['n']} |")
   return lines
 
 
-def paired_vs_base(results: dict) -> list[str]:
-  """Per-case differences to the base row (same image, mask, seed): mean ± standard error."""
-  bld = results["bld"]
-  lines = ["| Models | Inpaint Δ excess CD | Δ PSNR kept | Outpaint Δ excess CD | "
-           "Δ PSNR kept |", "|---|---|---|---|---|"]
-  for key, label, _, _ in evaluate.COMBOS[1:]:
-    cells = []
-    for kind in evaluate.KINDS:
-      for metric in ("excess_cd", "psnr_kept"):
-        diff = np.asarray([r[metric] - b[metric] for r, b in zip(bld[key]["rows"],
-                                                                 bld["base"]["rows"])
-                           if r["kind"] == kind])
-        sem = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else 0.0
-        cells.append(f"{diff.mean():+.2f} ± {sem:.2f}")
+def effect_statements(paired: dict, labels: dict, decoder_of: dict) -> list[str]:
+  """What each Eq. 6 − plain difference says, next to Eq. 6 − base: an effect is a mean more
+  than two standard errors from 0; where the control's difference is not, but the one to the
+  base decoder is, the control removes the effect."""
+  lines = []
+  for name, table in paired.items():
+    a, b = name.split("-")
+    if not _is_effect(a, b, decoder_of):
+      continue
+    vs_base = next(k for k in paired if k.startswith(f"{a}-") and
+                   decoder_of.get(k.split("-")[1], k.split("-")[1]) == "base")
+    for metric in ("excess_cd", "seam_step"):
+      for kind in evaluate.KINDS:
+        ctrl, base = table[metric][kind], paired[vs_base][metric][kind]
+        if not ctrl["n"]:
+          continue
+        real = abs(ctrl["mean"]) > 2 * ctrl["sem"]
+        base_real = base["n"] and abs(base["mean"]) > 2 * base["sem"]
+        what = (f"{labels[a]} − {labels[b]}, {kind} {METRIC_TITLES[metric].split(' ↓')[0]}: "
+                f"{_diff(ctrl)} (n = {ctrl['n']}, lower in {100 * ctrl['fraction_lower']:.0f} %"
+                f" of the cases; vs the base decoder {_diff(base)})")
+        if ctrl["n"] < MIN_CASES:
+          verdict = f"too few cases for a verdict (fewer than {MIN_CASES})"
+        elif real:
+          verdict = ("an effect of training on blends beyond the extra training"
+                     if ctrl["mean"] < 0 else "worse than the control")
+        elif base_real:
+          verdict = ("within two standard errors of 0: **the control removes the effect** "
+                     "(the difference to the base decoder comes from the extra training)")
+        else:
+          verdict = "within two standard errors of 0, as is the difference to the base decoder"
+        lines.append(f"- {what}: {verdict}.")
+  return lines
+
+
+def fixes_table(results: dict) -> list[str]:
+  """Base row + each post-hoc fix, and the fine-tuned decoders without any (standard UNet)."""
+  bld, fixes = results["bld"], results["fixes"]
+  rows = [("Base (BLD), no fix", bld["base"]["summary"])]
+  rows += [(fix["label"] + (f" (σ = {fix['blur_sigma']:g} px)" if "blur_sigma" in fix else ""),
+            fix["summary"]) for fix in (fixes[mode] for mode, _ in evaluate.FIXES)]
+  rows += [(f"{bld[key]['label']}, no fix", bld[key]["summary"])
+           for key in ("vae_only", "vae_control")]
+  keys = ("cd", "excess_cd", "seam_step", "psnr_kept", "lpips_kept", "psnr_hole")
+  lines = ["| Output | " + " | ".join(f"{kind.capitalize() if i == 0 else ''} "
+                                      f"{METRIC_TITLES[k]}".strip()
+                                      for kind in evaluate.KINDS
+                                      for i, k in enumerate(keys)) + " |",
+           "|---|" + "---|" * (2 * len(keys))]
+  for label, summary in rows:
+    cells = [_fmt(summary[kind], k) if k != "psnr_hole" or k in summary[kind] else "(reference)"
+             for kind in evaluate.KINDS for k in keys]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return lines
 
 
+def vae_table(results: dict) -> list[str]:
+  """The VAE-alone rows (no blend, then the blend decoded by each decoder) and their paired
+  differences."""
+  vae = results["vae_only"]
+  keys = ("cd", "excess_cd", "seam_step", "psnr_kept", "psnr_all")
+  lines = ["| Decoding | " + " | ".join(f"{kind.capitalize() if i == 0 else ''} "
+                                        f"{METRIC_TITLES[k]}".strip()
+                                        for kind in evaluate.KINDS
+                                        for i, k in enumerate(keys)) + " |",
+           "|---|" + "---|" * (2 * len(keys))]
+  for name in ("plain",) + evaluate.DECODERS:
+    cells = [_fmt(vae["summary"][name][kind], k) for kind in evaluate.KINDS for k in keys]
+    lines.append(f"| {VAE_LABELS[name]} | " + " | ".join(cells) + " |")
+  labels = {name: VAE_LABELS[name].split(", ")[-1] for name in evaluate.DECODERS}
+  decoder_of = {name: name for name in evaluate.DECODERS}
+  lines += ["", "Paired by case (same image, mask and seed; mean ± standard error over the "
+            "cases):", ""]
+  lines += paired_lines(vae["paired"], labels, decoder_of)
+  lines += [""] + effect_statements(vae["paired"], labels, decoder_of)
+  return lines
+
+
 def ordering_statement(results: dict) -> list[str]:
-  """What ordering (inpaint and outpaint) we measured vs the paper's CD ordering."""
-  bld = results["bld"]
+  """What ordering (inpaint and outpaint) we measured vs the paper's CD ordering (the four
+  rows of the paper's Table 4)."""
+  bld = {key: results["bld"][key] for key in PAPER_TABLE4}
   paper = sorted(PAPER_TABLE4, key=lambda k: PAPER_TABLE4[k][2])
-  label = {key: lab for key, lab, _, _ in evaluate.COMBOS}
+  label = _labels()
   lines = [f"- Paper (CD, inpaint): {' < '.join(label[k] for k in paper)}."]
   for metric, title in (("excess_cd", "excess CD"), ("seam_step", "seam step")):
     for kind in evaluate.KINDS:
@@ -291,28 +386,46 @@ def training_summary(paths) -> str:
   return ", ".join(parts) or "no runs"
 
 
+def write_figures(paths, folder: str, stem: str) -> dict:
+  """The report's PNGs beside it; ``{'curves', 'closeups', 'fixes', 'vae': file name,
+  'cd_keys': in-training CD keys}``."""
+  names = {kind: f"{stem}_{kind}.png" for kind in ("curves", "closeups", "fixes", "vae")}
+  names["cd_keys"] = plot_curves(paths, os.path.join(folder, names["curves"]))
+  ex = np.load(os.path.join(paths.eval, "examples.npz"))
+  plot_closeups(ex["truth"], ex["keep"], ex["centre"],
+                [(label, ex[f"bld_{key}"]) for key, label, _, _ in evaluate.COMBOS],
+                os.path.join(folder, names["closeups"]),
+                "BLD at the mask border, where the base decoder's seam is largest")
+  plot_closeups(ex["truth"], ex["keep"], ex["centre"],
+                [("Base (BLD), no fix", ex["bld_base"])]
+                + [(label, ex[f"fix_{mode}"]) for mode, label in evaluate.FIXES]
+                + [(_labels()[key], ex[f"bld_{key}"]) for key in ("vae_only", "vae_control")],
+                os.path.join(folder, names["fixes"]),
+                "Post-hoc fixes of the base row vs the fine-tuned decoders (standard UNet)")
+  plot_closeups(ex["vae_truth"], ex["vae_keep"], ex["vae_centre"],
+                [(VAE_LABELS[name], ex[f"vae_{name}"]) for name in ("plain",) + evaluate.DECODERS],
+                os.path.join(folder, names["vae"]),
+                "The VAE alone: decoding an Eq. 6 blend (largest base-decoder seams)")
+  return names
+
+
 def write_report(paths, scale, report_path: str) -> str:
   """Writes the Markdown report and its figures; returns the report path."""
   results = _read_json(os.path.join(paths.eval, "results.json"))
   if results is None:
     raise FileNotFoundError(f"{paths.eval}/results.json is missing: run the 'eval' stage first")
+  if "fixes" not in results:
+    raise ValueError(f"{paths.eval}/results.json predates the plain fine-tune control and the "
+                     "post-hoc fixes: rerun the 'plain_vae' and 'eval' stages")
   folder = os.path.dirname(os.path.abspath(report_path))
   stem = os.path.splitext(os.path.basename(report_path))[0]
   os.makedirs(folder, exist_ok=True)
-  curves, closeups, vae_fig = (f"{stem}_curves.png", f"{stem}_closeups.png", f"{stem}_vae.png")
-  cd_keys = plot_curves(paths, os.path.join(folder, curves))
-  ex = np.load(os.path.join(paths.eval, "examples.npz"))
-  plot_closeups(ex["truth"], ex["keep"],
-                [(label, ex[f"bld_{key}"]) for key, label, _, _ in evaluate.COMBOS],
-                os.path.join(folder, closeups), "BLD results at the mask border (first seed)")
-  plot_closeups(ex["vae_truth"], ex["vae_keep"],
-                [("D(E(x)), no blend", ex["vae_plain"]),
-                 ("Eq. 6 blend, base decoder", ex["vae_base"]),
-                 ("Eq. 6 blend, Eq. 6 decoder", ex["vae_eq6"])],
-                os.path.join(folder, vae_fig), "The VAE alone: decoding an Eq. 6 blend")
+  figures = write_figures(paths, folder, stem)
   timings = _read_json(paths.timings, {})
   info = _read_json(os.path.join(paths.root, "ablation_args.json"), {})
   notes_path = os.path.join(folder, f"{stem}_notes.md")
+  labels = _labels()
+  decoder_of = {key: decoder for key, _, _, decoder in evaluate.COMBOS}
   lines = [f"# Ablation (paper Table 4) at scale `{scale.name}`", "",
            "Generated by `python -m seamless_jax.experiments.ablation` "
            "(`seamless_jax/experiments/`); rerun it to regenerate this page.", "",
@@ -333,7 +446,9 @@ def write_report(paths, scale, report_path: str) -> str:
            f"({', '.join(scales_lib.EVAL_PHOTOS)}), every variant plus {scale.tiles_per_image} "
            "random crops of each.",
            "- Training (steps x batch, learning rate, from each run's config.json): "
-           + training_summary(paths) + ".",
+           + training_summary(paths) + ". The plain fine-tune (control) trains the same decoder "
+           "as the Eq. 6 one, with the same steps, batch, learning rate, data and seed, on "
+           "ordinary reconstructions D(E(x)).",
            "- Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
            + f"; total {sum(timings.values()) / 60:.1f} min.", "",
            "## Table 4 layout", "",
@@ -346,22 +461,48 @@ def write_report(paths, scale, report_path: str) -> str:
            "against the input. FID/AS only when their weights were given.", ""]
   lines += table4(results)
   lines += ["", "Rows: base = standard-objective UNet + base decoder; Fine-tune VAE = the same "
-            "UNet + Eq. 6 decoder; Two-step = two-step UNet + base decoder; Ours = both. The "
-            "two UNets are fine-tuned from the same base for the same steps and batch.", "",
-            "Differences to the base row, paired by case (same image, mask and seed; mean ± "
-            "standard error over the cases):", ""]
-  lines += paired_vs_base(results)
-  lines += ["",
+            "UNet + Eq. 6 decoder; Plain fine-tune VAE = the same UNet + the control decoder; "
+            "Two-step = two-step UNet + base decoder; Ours = both; the last row is the "
+            "two-step UNet + the control decoder. The two UNets are fine-tuned from the same "
+            "base for the same steps and batch; for one UNet the decoders render the same "
+            "latents.", "",
+            "Paired differences (same image, mask and seed; mean ± standard error over the "
+            "cases). Eq. 6 − plain fine-tune is the method's effect; Eq. 6 − base also "
+            "contains the extra training:", ""]
+  lines += paired_lines(results["paired"], labels, decoder_of)
+  lines += [""] + effect_statements(results["paired"], labels, decoder_of)
+  sigma = results["fixes"]["blurred"]["blur_sigma"]
+  lines += ["", "## Post-hoc fixes", "",
+            "The base row after the fixes people use today, beside the fine-tuned decoders "
+            "without any (standard UNet, same cases). Paste-back copies the known pixels of "
+            "the input over the output; blurred paste-back weights the input by keep · G(keep) "
+            f"(Gaussian, σ = {sigma:g} px = 1/128 of the side, at least 1; diffusers' "
+            "`mask_blur` + `apply_overlay`, BrushNet's 21×21 blurred blending); Poisson "
+            "blending is OpenCV's `seamlessClone` of the generated region into the input "
+            "(`seamless_jax.inpaint.apply_paste_back`). *PSNR hole vs unfixed*: the generated "
+            "region against the base row's (∞: untouched; for the decoders: the same latents "
+            "rendered by the base decoder); PSNR kept ∞: the input's pixels exactly. LPIPS "
+            "(kept region, generated pixels blacked out) "
+            + ("with the `--lpips` weights." if results.get("lpips") else
+               "only with `--lpips` weights (none given)."), ""]
+  lines += fixes_table(results)
+  lines += ["", f"![Post-hoc fixes]({figures['fixes']})", "",
             "## The VAE alone (Eq. 6 blends of held-out images)", "",
             f"Mask seeds {results['vae_seeds']}; posterior means; ± = std of the per-seed "
             "means.", ""]
   lines += vae_table(results)
-  lines += ["", f"![VAE close-ups]({vae_fig})", "",
+  lines += ["", f"![VAE close-ups]({figures['vae']})", "",
             "## Ordering", ""]
   lines += ordering_statement(results)
-  lines += ["", "## Figures", "", f"![Border close-ups]({closeups})", "",
+  cd_keys = figures["cd_keys"]
+  lines += ["", "## Figures", "",
+            "Close-ups: the cases where the base decoder's seam step is largest, cropped where "
+            "its seam is largest (the same crop in every column), enlarged without smoothing; "
+            "below each, every pixel's largest colour difference to its 4 neighbours (one grey "
+            "scale per case: a seam is a bright line along the border).", "",
+            f"![Border close-ups]({figures['closeups']})", "",
             f"Training curves{' (with in-training seam CD: ' + ', '.join(cd_keys) + ')' if cd_keys else ' (no in-training CD was logged by these runs)'}:",
-            "", f"![Training curves]({curves})", ""]
+            "", f"![Training curves]({figures['curves']})", ""]
   if os.path.isfile(notes_path):
     with open(notes_path, encoding="utf-8") as f:
       lines += ["## Discussion", "", f.read().strip(), ""]

@@ -57,8 +57,9 @@ class Scale:
   resolution: training and evaluation image side (px).
   vae_config / unet_config: diffusers configs of the from-scratch models.
   base_vae_steps, base_unet_steps: base training (from scratch only).
-  finetune_steps: Eq. 6 VAE, two-step UNet and standard UNet, each from the base (same steps
-    and batch for the UNet pair).
+  finetune_steps: Eq. 6 VAE, plain VAE fine-tune (the decoder's control: same steps, batch,
+    learning rate, data and seed as Eq. 6), two-step UNet and standard UNet, each from the base
+    (same steps and batch for the UNet pair).
   eval_images: held-out images evaluated (at most); eval_seeds: one BLD sample per seed, mask
     and image; num_inference_steps / guidance_scale: BLD sampling (the paper: 50, 3).
   vae_eval_seeds: mask seeds of the VAE-only measurement (Eq. 6 blend decoded by each decoder).
@@ -123,8 +124,10 @@ def get_scale(name: str, **overrides) -> Scale:
 
 # Stage name -> training mode (the config file it starts from).
 STAGE_MODES = {"base_vae": "vae_finetune", "base_unet": "standard", "eq6_vae": "vae_finetune",
-               "two_step": "two_step", "standard": "standard"}
-VAE_STAGES = ("base_vae", "eq6_vae")
+               "plain_vae": "vae_finetune", "two_step": "two_step", "standard": "standard"}
+VAE_STAGES = ("base_vae", "eq6_vae", "plain_vae")
+# The compared fine-tunes (from the base): sample grids and in-training seam CD.
+FINETUNE_STAGES = ("eq6_vae", "plain_vae", "two_step", "standard")
 
 
 def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
@@ -156,6 +159,7 @@ def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
       "base_vae": (scale.base_vae_steps, scale.base_vae_batch, scale.base_vae_lr),
       "base_unet": (scale.base_unet_steps, scale.base_unet_batch, scale.base_unet_lr),
       "eq6_vae": (scale.finetune_steps, scale.vae_batch, scale.vae_lr),
+      "plain_vae": (scale.finetune_steps, scale.vae_batch, scale.vae_lr),
       "two_step": (scale.finetune_steps, scale.unet_batch, scale.unet_lr),
       "standard": (scale.finetune_steps, scale.unet_batch, scale.unet_lr),
   }[stage]
@@ -164,7 +168,7 @@ def stage_config(scale: Scale, stage: str, *, pretrained: str, train_data: str,
     c.checkpoint_every = steps
     c.keep_checkpoints = 1
   # sample grids (+ in-training seam CD where the loop logs it) for the compared fine-tunes
-  c.sample_every = scale.sample_every if stage in ("eq6_vae", "two_step", "standard") else 0
+  c.sample_every = scale.sample_every if stage in FINETUNE_STAGES else 0
   if scale.from_scratch:  # the default 8 px margin around salient pixels is large at 64 px
     c.data.masks.saliency_margin = max(2, scale.resolution // 32)
   if stage in VAE_STAGES:
@@ -189,6 +193,8 @@ def _set_vae_stage(c: ml_collections.ConfigDict, scale: Scale, stage: str,
     c.vae.train_encoder = True  # from scratch: encoder and decoder
     c.vae.blend = False         # plain reconstruction D(E(x)): the base VAE knows no blending
     c.warmup_steps = min(50, int(c.total_steps) // 10)
+  elif stage == "plain_vae":  # the control of eq6_vae: ordinary reconstructions, all else equal
+    c.vae.blend = False
 
 
 def _set_from_scratch(c: ml_collections.ConfigDict, scale: Scale, stage: str) -> None:
