@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -93,67 +94,39 @@ def _train(config, workdir: str, stop_signal, make_hooks: Callable) -> dict:
   stop_signal.note = stop_signal.NOTHING_TO_SAVE
   with console.phase("setting up (mesh, data, models, train state)", logging.info):
     trainer = trainer_lib.setup(config, workdir)
-    data_iter, checkpointer, writer = _open_run(config, workdir, trainer.objective.metric_names)
+    run = _Run(trainer, *_open_run(config, workdir, trainer.objective.metric_names), stop_signal)
   try:
     # ---------------------------------------------------------------- restore
-    state = _restored_state(trainer, checkpointer, data_iter)
-    step = start_step = int(jax.device_get(state.step))
+    state = _restored_state(trainer, run.checkpointer, run.data_iter)
+    start_step = int(jax.device_get(state.step))
     stopped = "signal" if ckpt_lib.any_process(stop_signal.requested)[0] else ""
-    if stopped or step >= int(config.total_steps):
-      logging.info("stopping at step %d before compiling (%s)", step,
+    if stopped or start_step >= int(config.total_steps):
+      logging.info("stopping at step %d before compiling (%s)", start_step,
                    "stop signal" if stopped else f"config.total_steps={config.total_steps}")
-      return {"step": step, "stopped": stopped}
+      return {"step": start_step, "stopped": stopped}
 
     # ---------------------------------------------------------------- compile
     compiled = _compile_unless_stopped(trainer, state, stop_signal, workdir)
     if compiled is None:
       logging.warning("stopped while compiling, before step %d: nothing trained, nothing "
-                      "saved", step + 1)
-      return {"step": step, "stopped": "signal", "compile_abandoned": True}
-    flops = trainer_lib.compiled_flops(compiled, trainer.mesh.size)  # per device
-    logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
-                 trainer.objective.name, compiled.compile_s, compiled.lower_s,
-                 f"{flops / 1e9:.1f}" if flops else "?")
-    window = MetricWindow(config, flops, lambda m: _check_finite(m, config, checkpointer))
-    hooks = make_hooks(trainer, workdir, writer)
-    logging.info("training from step %d; a progress line every %d steps", step,
+                      "saved", start_step + 1)
+      return {"step": start_step, "stopped": "signal", "compile_abandoned": True}
+    window = MetricWindow(config, _logged_flops(trainer, compiled),
+                          lambda m: _check_finite(m, config, run.checkpointer))
+    hooks = make_hooks(trainer, workdir, run.writer)
+    logging.info("training from step %d; a progress line every %d steps", start_step,
                  int(config.log_every))
 
     # ---------------------------------------------------------------- train
-    data_error = None
-    while step < _end_step(config):
-      data_state = copy.deepcopy(data_iter.get_state())  # small dicts; iterators may reuse theirs
-      try:
-        batch = next(data_iter)
-      except pipeline.BadDataError as e:  # saved below, then raised
-        batch, data_error = None, e
-      stopped = _agreed_stop(stop_signal, checkpointer, step, data_error)
-      if stopped:
-        data_iter.set_state(data_state)  # this step's batch was not trained on
-        logging.warning("stopping at step %d (%s)%s", step,
-                        "data.max_bad_fraction exceeded" if stopped == "bad_data"
-                        else "stop signal",
-                        ": saving a checkpoint" if step > start_step else "")
-        break
-      window.data_skipped += int(np.sum(batch.get("num_skipped", 0)))
-      state, metrics = compiled(state, trainer.frozen,
-                                trainer_lib.global_batch_arrays(batch, trainer.mesh))
-      step += 1
-      stop_signal.note = stop_signal.SAVING
-      window.add(metrics)  # read one step late: the device stays busy
-      if step % int(config.log_every) == 0 or step == int(config.total_steps):
-        writer.write(step, window.scalars(step))
-      with window.paused():
-        _run_hooks(hooks, step, state, trainer.frozen)
-        _save_if_due(config, step, state, data_iter, checkpointer, window)
-    window.read()
+    state, step, stopped, data_error = _train_steps(run, compiled, state, start_step, window,
+                                                    hooks)
 
     # ---------------------------------------------------------------- final save
-    _final_save(checkpointer, step, state, data_iter, stopped, data_error,
+    _final_save(run.checkpointer, step, state, run.data_iter, stopped, data_error,
                 trained=step > start_step)
   finally:
-    checkpointer.close()
-    writer.close()
+    run.checkpointer.close()
+    run.writer.close()
   if jax.process_index() == 0:
     for line in summary.summary_lines(workdir, trainer.objective.exports, step, stopped):
       logging.info("%s", line)
@@ -244,6 +217,62 @@ def _restored_state(trainer: trainer_lib.Trainer, checkpointer, data_iter):
 
 
 # ============================================================================ each step
+
+@dataclasses.dataclass
+class _Run:
+  """What one call of :func:`train` works with besides the state."""
+  trainer: trainer_lib.Trainer
+  data_iter: Any
+  checkpointer: ckpt_lib.Checkpointer
+  writer: log_lib.MetricWriter
+  stop_signal: ckpt_lib.StopSignal
+
+
+def _logged_flops(trainer: trainer_lib.Trainer, compiled: compilation.Compiled) -> float | None:
+  """FLOPs per device of one step (``None``: unknown), logged with the compile times."""
+  flops = trainer_lib.compiled_flops(compiled, trainer.mesh.size)
+  logging.info("compiled the %s step in %.1fs (lowering %.1fs); %s GFLOP per device per step",
+               trainer.objective.name, compiled.compile_s, compiled.lower_s,
+               f"{flops / 1e9:.1f}" if flops else "?")
+  return flops
+
+
+def _train_steps(run: _Run, compiled: compilation.Compiled, state, step: int,
+                 window: MetricWindow, hooks: list):
+  """Trains from ``step`` to the end step or an agreed stop: ``(state, step, stopped,
+  data_error)`` (``stopped``: '', 'signal' or 'bad_data'; ``data_error``: the
+  :class:`pipeline.BadDataError` of this process, saved by the caller and raised)."""
+  trainer = run.trainer
+  config = trainer.config
+  start_step, stopped, data_error = step, "", None
+  while step < _end_step(config):
+    data_state = copy.deepcopy(run.data_iter.get_state())  # small dicts; iterators reuse theirs
+    try:
+      batch = next(run.data_iter)
+    except pipeline.BadDataError as e:  # saved by the caller, then raised
+      batch, data_error = None, e
+    stopped = _agreed_stop(run.stop_signal, run.checkpointer, step, data_error)
+    if stopped:
+      run.data_iter.set_state(data_state)  # this step's batch was not trained on
+      logging.warning("stopping at step %d (%s)%s", step,
+                      "data.max_bad_fraction exceeded" if stopped == "bad_data"
+                      else "stop signal", ": saving a checkpoint" if step > start_step else "")
+      break
+    window.data_skipped += int(np.sum(batch.get("num_skipped", 0)))
+    state, metrics = compiled(state, trainer.frozen,
+                              trainer_lib.global_batch_arrays(batch, trainer.mesh))
+    step += 1
+    run.stop_signal.note = run.stop_signal.SAVING
+    window.add(metrics)  # read one step late: the device stays busy
+    if step % int(config.log_every) == 0 or step == int(config.total_steps):
+      run.writer.write(step, window.scalars(step))
+    with window.paused():
+      _run_hooks(hooks, step, state, trainer.frozen)
+      _save_if_due(config, step, state, run.data_iter, run.checkpointer, window)
+  window.read()
+  return state, step, stopped, data_error
+
+
 
 class MetricWindow:
   """The metrics of the steps since the last log line, and the run's speed over them.
