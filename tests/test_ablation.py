@@ -70,6 +70,37 @@ def test_plain_vae_control_is_the_eq6_stage_on_plain_reconstructions(scale_name)
       evaluate.DECODER_RUNS == {"eq6": "eq6_vae", "control": "plain_vae"}
 
 
+def test_medium_scale_is_128px_wider_and_seeded_three_times():
+  small, medium = scales.SCALES["small"], scales.SCALES["medium"]
+  assert medium.resolution == 128 and medium.unet_config["sample_size"] == 16  # 16x16 latents
+  assert medium.vae_config["sample_size"] == 128 and medium.from_scratch
+  for part in ("vae_config", "unet_config"):
+    wider = zip(getattr(medium, part)["block_out_channels"],
+                getattr(small, part)["block_out_channels"])
+    assert all(m >= s for m, s in wider) and getattr(medium, part) != getattr(small, part)
+  assert len(medium.eval_seeds) >= 3 and medium.tiles_per_image > small.tiles_per_image
+  config = _config("medium", "base_vae", pretrained="/w/init")
+  assert config.data.resolution == 128 and config.total_steps == medium.base_vae_steps
+
+
+def test_effect_statement_says_when_the_control_removes_the_effect():
+  def diff(mean, sem, n=30):
+    return {"mean": mean, "sem": sem, "n": n, "fraction_lower": 0.5}
+  def table(excess, seam):
+    return {"excess_cd": {k: excess for k in evaluate.KINDS},
+            "seam_step": {k: seam for k in evaluate.KINDS}}
+  paired = {"eq6-control": table(diff(-0.05, 0.04), diff(-0.5, 0.1)),
+            "eq6-base": table(diff(-0.5, 0.05), diff(-0.6, 0.1))}
+  labels = {"eq6": "Eq. 6", "control": "plain", "base": "base"}
+  decoders = {name: name for name in labels}
+  lines = report.effect_statements(paired, labels, decoders)
+  assert len(lines) == 4
+  assert "**the control removes the effect**" in lines[0]  # excess CD: only vs the base
+  assert "beyond the extra training" in lines[2]            # seam step: also vs the control
+  paired["eq6-control"]["excess_cd"]["inpaint"] = diff(-0.5, 0.1, n=4)
+  assert "too few cases" in report.effect_statements(paired, labels, decoders)[0]
+
+
 def test_sd15_run_names_missing_inputs(tmp_path):
   args = ablation.parse_args(["--scale", "sd15", "--workdir", str(tmp_path)])
   with pytest.raises(ValueError, match="--pretrained"):

@@ -1,6 +1,7 @@
 """The paper's ablation (Table 4) end to end: train, fine-tune, evaluate, write the report.
 
     python -m seamless_jax.experiments.ablation --scale small --workdir runs/ablation
+    python -m seamless_jax.experiments.ablation --scale medium --workdir runs/ablation_medium
     python -m seamless_jax.experiments.ablation --scale smoke --workdir /tmp/ablation_smoke
     python -m seamless_jax.experiments.ablation --scale sd15 --workdir runs/ablation_sd15 \\
         --pretrained /ckpt/stable-diffusion-v1-5 --lpips /ckpt/lpips_vgg.safetensors \\
@@ -10,7 +11,7 @@
 Stages (each is skipped when its output exists, so a rerun resumes):
   data       small scales: the bundled demo photos at ``resolution``, split into
              ``data/train`` and the held-out ``data/eval`` (photos in ``scales.EVAL_PHOTOS``).
-  init       small scales: randomly initialised models (``scales.SMALL_*``) as a diffusers folder.
+  init       small scales: randomly initialised models (the scale's configs) as a diffusers folder.
   base_vae   small scales: VAE (encoder + decoder) from scratch, plain reconstruction D(E(x));
              exported as ``base_vae/`` with the scaling factor 1/std of its latents.
   base_unet  small scales: UNet from scratch, standard v-prediction objective, on base_vae's

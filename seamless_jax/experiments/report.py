@@ -229,6 +229,11 @@ def _fmt(summary: dict, key: str, digits: int = 2) -> str:
   return f"{value} ± {spread:.{digits}f}" if spread else value
 
 
+def _title(metric: str) -> str:
+  """The metric's column title without its arrow."""
+  return METRIC_TITLES[metric].rstrip(" ↑↓")
+
+
 def _diff(p: dict, digits: int = 2) -> str:
   """A paired difference: mean ± standard error."""
   if not p["n"]:
@@ -265,8 +270,8 @@ def paired_lines(paired: dict, labels: dict, decoder_of: dict) -> list[str]:
   """Table of paired differences (rows ``'a-b'`` of ``paired``; mean ± standard error)."""
   first = next(iter(paired.values()))
   found = [m for m in evaluate.PAIRED_METRICS if m in first]
-  lines = ["| a − b | " + " | ".join(f"{kind} Δ {METRIC_TITLES[m].split(' ↑')[0].split(' ↓')[0]}"
-                                      for kind in evaluate.KINDS for m in found) + " | n |",
+  lines = ["| a − b | " + " | ".join(f"{kind} Δ {_title(m)}" for kind in evaluate.KINDS
+                                      for m in found) + " | n |",
            "|---|" + "---|" * (len(found) * len(evaluate.KINDS) + 1)]
   for name, table in paired.items():
     a, b = name.split("-")
@@ -296,7 +301,7 @@ def effect_statements(paired: dict, labels: dict, decoder_of: dict) -> list[str]
           continue
         real = abs(ctrl["mean"]) > 2 * ctrl["sem"]
         base_real = base["n"] and abs(base["mean"]) > 2 * base["sem"]
-        what = (f"{labels[a]} − {labels[b]}, {kind} {METRIC_TITLES[metric].split(' ↓')[0]}: "
+        what = (f"{labels[a]} − {labels[b]}, {kind} {_title(metric)}: "
                 f"{_diff(ctrl)} (n = {ctrl['n']}, lower in {100 * ctrl['fraction_lower']:.0f} %"
                 f" of the cases; vs the base decoder {_diff(base)})")
         if ctrl["n"] < MIN_CASES:

@@ -1,10 +1,23 @@
 """Sizes and schedules of the ablation at each scale, and the training configs they give.
 
 A :class:`Scale` says how big the models are, how long each stage trains and how the evaluation
-samples. ``smoke`` (CI, 1-2 minutes) and ``small`` (64 px; 2-core CPU, about 15 minutes when
-idle) train a base VAE and a base UNet from scratch on the bundled demo photos; ``sd15``
-starts from a pretrained SD-1.5 diffusers folder with the paper's settings
-(``configs/*.py:sd15``).
+samples. ``smoke`` (CI, 1-2 minutes), ``small`` (64 px; 2-core CPU, about 15 minutes when
+idle) and ``medium`` (128 px, 16x16 latents; about 90 minutes on 2 CPU cores) train a base
+VAE and a base UNet from scratch on the bundled demo photos; ``sd15`` starts from a
+pretrained SD-1.5 diffusers folder with the paper's settings (``configs/*.py:sd15``).
+
+How ``medium`` was sized (``python -m seamless_jax.experiments.ablation --scale medium
+--workdir runs/ablation_medium``, not run to the end): every stage was run for 16 steps
+(``--steps 6``, then resumed with ``--steps 16``) on a 2-core Xeon shared with a test suite
+(load average about 3), and the mean step time of steps 11-16 taken from each run's
+``metrics.jsonl``: base VAE 1.54 s (batch 8), base UNet 1.72 s (batch 16), Eq. 6 decoder
+1.91 s, plain decoder 1.77 s, two-step UNet 2.12 s, standard UNet 1.45 s. Training:
+900 x 1.54 + 900 x 1.72 + 250 x (1.91 + 1.77 + 2.12 + 1.45) = 4750 s. Fixed costs, from the
+same runs and the evaluation with one held-out image (6 BLD samples per UNet: 1.6-2.0 s per
+50-step sample), scaled to 12 images: initialisation and data 35 s, compilation and set-up
+about 40 s per training stage, the sample grids every 125 fine-tune steps about 200 s, the
+evaluation (144 BLD samples, 120 VAE-only cases x 4 decodings, the fixes) about 350 s, the
+report 20 s: about 800 s. Total about 5550 s = 92 minutes (less on an idle machine).
 
 The training configs are the repository's mode configs (``configs/vae_finetune.py``,
 ``configs/two_step.py``, ``configs/standard.py``) loaded by path
@@ -41,6 +54,11 @@ SMALL_UNET = {
     "cross_attention_dim": 32,
     "norm_num_groups": 16,
 }
+# The medium scale (128 px, 16x16 latents): wider deep levels than small (they run at 32² and
+# 16², cheap on a CPU), the two full-resolution levels as small (they dominate the time).
+MEDIUM_VAE = {**SMALL_VAE, "block_out_channels": [16, 32, 96, 128], "sample_size": 128}
+MEDIUM_UNET = {**SMALL_UNET, "sample_size": 16, "block_out_channels": [64, 128, 192],
+               "attention_head_dim": 8}
 SMOKE_VAE = {**SMALL_VAE, "block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4,
              "sample_size": 32}
 SMOKE_UNET = {**presets.TINY_UNET, "sample_size": 4}
@@ -105,6 +123,12 @@ SCALES = {
         base_unet_steps=700, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
         vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
         eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=10),
+    "medium": Scale(
+        name="medium", from_scratch=True, resolution=128, vae_config=MEDIUM_VAE,
+        unet_config=MEDIUM_UNET, base_vae_steps=900, base_vae_batch=8, base_vae_lr=1e-3,
+        base_unet_steps=900, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
+        vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
+        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=24),
     "sd15": Scale(
         name="sd15", from_scratch=False, resolution=512, finetune_steps=10_000, vae_batch=16,
         vae_lr=4.5e-6, unet_batch=32, unet_lr=1e-5, log_every=50, sample_every=1000,
