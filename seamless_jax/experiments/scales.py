@@ -110,6 +110,12 @@ class Scale:
   tiles_per_image: int = 0
 
 
+SMALL = Scale(
+    name="small", from_scratch=True, resolution=64, vae_config=SMALL_VAE,
+    unet_config=SMALL_UNET, base_vae_steps=500, base_vae_batch=8, base_vae_lr=1e-3,
+    base_unet_steps=700, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
+    vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
+    eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=10)
 SCALES = {
     "smoke": Scale(
         name="smoke", from_scratch=True, resolution=32, vae_config=SMOKE_VAE,
@@ -117,18 +123,11 @@ SCALES = {
         base_unet_batch=4, finetune_steps=3, vae_batch=4, unet_batch=4, log_every=1,
         eval_images=2, eval_seeds=(0,), num_inference_steps=4, vae_eval_seeds=(0, 1),
         tiles_per_image=1),
-    "small": Scale(
-        name="small", from_scratch=True, resolution=64, vae_config=SMALL_VAE,
-        unet_config=SMALL_UNET, base_vae_steps=500, base_vae_batch=8, base_vae_lr=1e-3,
-        base_unet_steps=700, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
-        vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
-        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=10),
-    "medium": Scale(
-        name="medium", from_scratch=True, resolution=128, vae_config=MEDIUM_VAE,
-        unet_config=MEDIUM_UNET, base_vae_steps=900, base_vae_batch=8, base_vae_lr=1e-3,
-        base_unet_steps=900, base_unet_batch=16, base_unet_lr=5e-4, finetune_steps=250,
-        vae_batch=8, vae_lr=1e-4, unet_batch=16, unet_lr=1e-4, log_every=10, sample_every=125,
-        eval_images=12, eval_seeds=(0, 1, 2), num_inference_steps=50, tiles_per_image=24),
+    "small": SMALL,
+    # small's schedule and evaluation at 128 px, longer base training, more crops per photo
+    "medium": dataclasses.replace(
+        SMALL, name="medium", resolution=128, vae_config=MEDIUM_VAE, unet_config=MEDIUM_UNET,
+        base_vae_steps=900, base_unet_steps=900, tiles_per_image=24),
     "sd15": Scale(
         name="sd15", from_scratch=False, resolution=512, finetune_steps=10_000, vae_batch=16,
         vae_lr=4.5e-6, unet_batch=32, unet_lr=1e-5, log_every=50, sample_every=1000,
