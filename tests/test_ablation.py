@@ -127,6 +127,22 @@ def test_eval_masks_are_seeded_and_survive_the_latent_grid():
   assert not outpaint[0].any() and not outpaint[-1].any() and outpaint[32, 32]
 
 
+def test_case_rows_measure_the_hole_against_the_reference_and_lpips_when_given():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  cases = evaluate.make_cases(images, seeds=(0,), latent_factor=8)
+  outputs = images[[c["image"] for c in cases]].copy()
+  keep = np.stack([c["keep"] for c in cases])
+  outputs[~keep] = 128  # the hole "generated" flat grey, the kept region exact
+  fake_lpips = lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).mean(axis=(1, 2, 3))
+  rows = evaluate.case_rows(outputs, images, cases, reference=outputs, lpips_fn=fake_lpips)
+  assert len(rows) == len(cases) == 4
+  for row in rows:
+    assert row["psnr_kept"] == np.inf and row["psnr_hole"] == np.inf  # both unchanged
+    assert row["lpips_kept"] == 0.0  # generated pixels are blacked out in both
+  assert "psnr_hole" not in evaluate.case_rows(outputs, images, cases)[0]
+
+
 def test_summary_spread_is_over_seed_means():
   rows = [{"seed": s, "cd": v, "excess_cd": v, "seam_step": v, "psnr_kept": v,
            "psnr_hole": np.inf} for s, v in ((0, 1.0), (0, 3.0), (1, 4.0), (1, 6.0))]
