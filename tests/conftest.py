@@ -79,15 +79,31 @@ def tiny_workdirs(tiny_data, tmp_path_factory):
   return {"data": tiny_data, **folders}
 
 
+def _run_on_eight_devices(data_dir: str, folder: str) -> None:
+  os.makedirs(folder, exist_ok=True)
+  proc = tiny.run_on_cpu_devices(8, [os.path.join(os.path.dirname(__file__), "eight_devices.py"),
+                                     data_dir, folder])
+  assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+@pytest.fixture(scope="session")
+def eight_device_runs(tiny_data, tmp_path_factory):
+  """The folder ``tests/eight_devices.py`` wrote (tiny two_step runs on 8 CPU devices in three
+  layouts, the 2x4 run's checkpoint restored elsewhere): built once per test session."""
+  return _built_once(tmp_path_factory, "eight_devices",
+                     functools.partial(_run_on_eight_devices, tiny_data))
+
+
 def pytest_collection_modifyitems(items):
-  """A test that needs the trained workdirs is slow: ``-m "not slow"`` trains nothing.
+  """A test that needs the trained workdirs or the 8-device runs is slow: ``-m "not slow"``
+  trains nothing.
 
   Files with slow tests run first (a stable sort, the same on every xdist worker): the workers
   start on the long files and the quick ones fill the gaps at the end, instead of one long file
   started last keeping the run going on one core.
   """
   for item in items:
-    if "tiny_workdirs" in getattr(item, "fixturenames", ()):
+    if {"tiny_workdirs", "eight_device_runs"} & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
   slow_files = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow_files)

@@ -233,39 +233,12 @@ def test_cli_missing_or_damaged_step_is_one_clear_line_and_writes_nothing(tiny_w
   assert sorted(os.listdir(tmp_path)) == ["broken"]
 
 
-# Runs in a subprocess with 8 forced CPU devices (XLA_FLAGS must precede JAX's start): trains
-# the tiny two_step config 1 step on a data=2 x fsdp=4 mesh, then dumps the saved EMA UNet
-# params as restored with their saved (sharded) layout, and how many leaves were sharded.
-_SHARDED_RUN = """
-import sys
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-from flax import traverse_util
-import tiny
-from seamless_jax.train import checkpoint as ckpt_lib
-from seamless_jax.train import loop
-
-data_dir, workdir, dump = sys.argv[1:]
-config = tiny.tiny_config("two_step", data_dir, total_steps=1, checkpoint_every=1)
-config.mesh.data, config.mesh.fsdp = 2, 4
-loop.train(config, workdir)
-ckpt = ckpt_lib.Checkpointer(workdir)
-state = ckpt.manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-ckpt.close()
-leaves = jax.tree_util.tree_leaves(state["ema_params"])
-sharded = sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated for x in leaves)
-flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(state["ema_params"]).items()}
-np.savez(dump, __sharded__=np.int64(sharded), **flat)
-"""
-
-
 @pytest.mark.slow
-def test_checkpoint_saved_on_a_sharded_mesh_exports_on_one_host(tiny_workdirs, tmp_path):
-  workdir, dump = str(tmp_path / "fsdp_run"), str(tmp_path / "saved.npz")
-  proc = tiny.run_on_cpu_devices(8, ["-c", _SHARDED_RUN, tiny_workdirs["data"], workdir, dump])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  saved = dict(np.load(dump))
+def test_checkpoint_saved_on_a_sharded_mesh_exports_on_one_host(eight_device_runs, tmp_path):
+  """The tiny two_step run trained on a data=2 x fsdp=4 mesh of 8 CPU devices
+  (``tests/eight_devices.py``) exports here, on one device, to its saved EMA UNet params."""
+  workdir = os.path.join(eight_device_runs, "runs", "data2_fsdp4")
+  saved = dict(np.load(os.path.join(eight_device_runs, "data2_fsdp4_ema.npz")))
   assert saved.pop("__sharded__") > 0  # the checkpoint really holds fsdp-sharded params
   assert jax.device_count() == 1  # this process: one device, no mesh
   out = str(tmp_path / "export")
