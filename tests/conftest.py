@@ -79,19 +79,20 @@ def tiny_workdirs(tiny_data, tmp_path_factory):
   return {"data": tiny_data, **folders}
 
 
-def _run_on_eight_devices(data_dir: str, folder: str) -> None:
+def _run_on_eight_devices(data_dir: str, one_device_workdir: str, folder: str) -> None:
   os.makedirs(folder, exist_ok=True)
   proc = tiny.run_on_cpu_devices(8, [os.path.join(os.path.dirname(__file__), "eight_devices.py"),
-                                     data_dir, folder])
+                                     data_dir, one_device_workdir, folder])
   assert proc.returncode == 0, proc.stderr[-5000:]
 
 
 @pytest.fixture(scope="session")
-def eight_device_runs(tiny_data, tmp_path_factory):
-  """The folder ``tests/eight_devices.py`` wrote (tiny two_step runs on 8 CPU devices in three
-  layouts, the 2x4 run's checkpoint restored elsewhere): built once per test session."""
-  return _built_once(tmp_path_factory, "eight_devices",
-                     functools.partial(_run_on_eight_devices, tiny_data))
+def eight_device_runs(tiny_workdirs, tmp_path_factory):
+  """The folder ``tests/eight_devices.py`` wrote (tiny two_step runs on 8 CPU devices in two
+  layouts compared with the one-device ``tiny_workdirs['two_step']``, the 2x4 run's checkpoint
+  restored elsewhere): built once per test session."""
+  return _built_once(tmp_path_factory, "eight_devices", functools.partial(
+      _run_on_eight_devices, tiny_workdirs["data"], tiny_workdirs["two_step"]))
 
 
 def pytest_collection_modifyitems(items):

@@ -1,7 +1,8 @@
 """Training on 8 forced CPU devices, once per test session (``eight_device_runs`` in conftest).
 
-Three tiny two_step runs of 2 steps through :func:`seamless_jax.train.loop.train`, on the same
-data (same seed, one process): one device, a data=2 x fsdp=4 mesh, and ``shard_map`` over 8
+Two tiny two_step runs of 2 steps through :func:`seamless_jax.train.loop.train`, on the same
+data and seed as the session's one-device two_step workdir (``tiny_workdirs``, trained in a
+process with one device: the reference): a data=2 x fsdp=4 mesh, and ``shard_map`` over 8
 devices. Then the 2x4 run's step-2 checkpoint is read back as saved (sharded) and restored onto
 an 8x1 mesh and onto one device. ``tests/test_train_sharding.py`` and the sharded-checkpoint
 export test of ``tests/test_export.py`` assert on what this writes, so the 8-device programs
@@ -10,9 +11,11 @@ compile once per session.
 XLA_FLAGS must be set before JAX starts, hence a script run in a subprocess
 (``tiny.run_on_cpu_devices``)::
 
-    python tests/eight_devices.py DATA_DIR OUT_DIR
+    python tests/eight_devices.py DATA_DIR ONE_DEVICE_WORKDIR OUT_DIR
 
-OUT_DIR gets ``report.json``, the workdirs ``runs/<layout>/`` and ``data2_fsdp4_ema.npz`` (the
+ONE_DEVICE_WORKDIR: a finished ``two_step:tiny`` run on DATA_DIR (2 steps, a loss logged at each
+step, step 2 saved); its losses and step-2 params are the one-device reference. OUT_DIR gets
+``report.json``, the workdirs ``runs/<layout>/`` and ``data2_fsdp4_ema.npz`` (the
 2x4 run's EMA UNet params as saved, flattened with '/', and ``__sharded__``: how many of them
 were sharded over several devices).
 """
@@ -35,8 +38,7 @@ from seamless_jax.train import state as state_lib
 from seamless_jax.train import trainer as trainer_lib
 
 STEPS = 2
-LAYOUTS = {"one_device": (1, 1, "jit"), "data2_fsdp4": (2, 4, "jit"),
-           "shard_map_8": (8, 1, "shard_map")}
+LAYOUTS = {"data2_fsdp4": (2, 4, "jit"), "shard_map_8": (8, 1, "shard_map")}
 SAVED_ON = "data2_fsdp4"  # the run whose checkpoint is restored elsewhere and exported
 
 
@@ -48,8 +50,10 @@ def _config(data_dir: str, data: int, fsdp: int, parallelism: str):
 
 
 def _losses(workdir: str) -> list[float]:
+  """The training losses logged (the reference run also logs its sample grid's seam metrics)."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line)["loss"] for line in f if line.strip()]
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [row["loss"] for row in rows if "loss" in row]
 
 
 def _as_saved(workdir: str) -> dict:
@@ -83,19 +87,23 @@ def _flat(tree) -> dict:
   return traverse_util.flatten_dict(serialization.to_state_dict(tree), sep="/")
 
 
-def run(data_dir: str, out: str) -> dict:
+def _run_report(workdir: str) -> tuple[dict, list[np.ndarray]]:
+  """A finished run's losses and how many params its step-2 checkpoint shards; its params."""
+  saved = _as_saved(workdir)
+  params = [np.asarray(x) for x in jax.tree_util.tree_leaves(saved["params"])]
+  return {"losses": _losses(workdir), "sharded_params": _sharded(saved["params"])}, params
+
+
+def run(data_dir: str, one_device_workdir: str, out: str) -> dict:
   assert jax.device_count() == 8, jax.devices()
   report = {"runs": {}}
-  params = {}
+  report["runs"]["one_device"], reference = _run_report(one_device_workdir)
   for name, (data, fsdp, parallelism) in LAYOUTS.items():
     workdir = os.path.join(out, "runs", name)
     loop.train(_config(data_dir, data, fsdp, parallelism), workdir)
-    saved = _as_saved(workdir)
-    params[name] = [np.asarray(x) for x in jax.tree_util.tree_leaves(saved["params"])]
-    report["runs"][name] = {"losses": _losses(workdir), "sharded_params": _sharded(saved["params"])}
-    if name != "one_device":
-      report["runs"][name]["max_param_diff"] = max(
-          float(np.max(np.abs(a - b))) for a, b in zip(params["one_device"], params[name]))
+    report["runs"][name], params = _run_report(workdir)
+    report["runs"][name]["max_param_diff"] = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(reference, params))
 
   workdir = os.path.join(out, "runs", SAVED_ON)
   saved = _as_saved(workdir)
@@ -118,6 +126,6 @@ def run(data_dir: str, out: str) -> dict:
 
 
 if __name__ == "__main__":
-  result = run(sys.argv[1], sys.argv[2])
-  with open(os.path.join(sys.argv[2], "report.json"), "w", encoding="utf-8") as f:
+  result = run(*sys.argv[1:4])
+  with open(os.path.join(sys.argv[3], "report.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)

@@ -1,10 +1,12 @@
 """8 forced CPU devices: data×fsdp mesh and shard_map match one device; cross-mesh restore.
 
 The runs are made once per session by ``tests/eight_devices.py`` (the ``eight_device_runs``
-fixture: XLA_FLAGS must be set before JAX starts, so they run in a subprocess); the tests assert
-on its JSON report. Tolerance: float32 everywhere; different device counts change reduction
-order only, so loss agrees to rel 1e-5 and params after 2 AdamW steps (lr 1e-3) to atol 2e-5
-(2 % of one step; measured 8.3e-6 for 2x4 and 3.1e-6 for shard_map).
+fixture: XLA_FLAGS must be set before JAX starts, so they run in a subprocess); the one-device
+reference is the session's ``tiny_workdirs['two_step']`` run (same config, data and seed, a
+process with one device). The tests assert on the JSON report. Tolerance: float32 everywhere;
+different device counts change reduction order only, so loss agrees to rel 1e-5 and params
+after 2 AdamW steps (lr 1e-3) to atol 2e-5 (2 % of one step; measured 2.6e-6 for 2x4 and
+5.6e-6 for shard_map).
 """
 
 import json
