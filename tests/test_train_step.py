@@ -34,7 +34,7 @@ def _batches(config, n, seed=0):
 
 def _fresh(trainer):
   """A copy of the initial state (the step donates its input state)."""
-  return jax.tree.map(jnp.copy, trainer.state)
+  return tiny.copy_tree(trainer.state)
 
 
 def _leaves(tree):

@@ -305,7 +305,7 @@ def _run(trainer, batches, nan_steps=()):
   the steps in ``nan_steps`` run with a NaN in the frozen encoder (a non-finite loss)."""
   import tiny  # pylint: disable=import-outside-toplevel
   from seamless_jax.runtime import sharding as shd  # pylint: disable=import-outside-toplevel
-  state, out = jax.tree.map(jnp.copy, trainer.state), []
+  state, out = tiny.copy_tree(trainer.state), []
   for i, batch in enumerate(batches):
     frozen = tiny.nan_frozen(trainer.frozen) if i in nan_steps else trainer.frozen
     state, metrics = trainer.step_fn(state, frozen, shd.shard_batch(batch, trainer.mesh))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -47,12 +48,17 @@ def tiny_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigD
   return config
 
 
+@jax.jit
+def copy_tree(tree):
+  """A fresh copy of every array in ``tree``, made by one compiled program (``jnp.copy`` leaf by
+  leaf compiles a program per shape and dtype: some 50 for a train state)."""
+  return jax.tree.map(jnp.copy, tree)
+
+
 def nan_frozen(frozen):
   """A copy of a trainer's ``frozen`` params with one NaN in the VAE encoder's ``conv_in`` bias:
   every latent, hence the loss, becomes NaN (pipeline batches are uint8 and cannot hold one)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  poisoned = jax.tree.map(jnp.copy, frozen)
+  poisoned = copy_tree(frozen)
   conv_in = poisoned["vae"]["encoder"]["conv_in"]
   conv_in["bias"] = conv_in["bias"].at[0].set(jnp.nan)
   return poisoned
