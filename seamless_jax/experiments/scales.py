@@ -2,7 +2,7 @@
 
 A :class:`Scale` says how big the models are, how long each stage trains and how the evaluation
 samples. ``smoke`` (CI, 1-2 minutes), ``small`` (64 px; 2-core CPU, about 15 minutes when
-idle) and ``medium`` (128 px, 16x16 latents; about 90 minutes on 2 CPU cores) train a base
+idle) and ``medium`` (128 px, 16x16 latents; 62 minutes on 2 CPU cores) train a base
 VAE and a base UNet from scratch on the bundled demo photos; ``sd15`` starts from a
 pretrained SD-1.5 diffusers folder with the paper's settings (``configs/*.py:sd15``).
 
@@ -17,7 +17,9 @@ same runs and the evaluation with one held-out image (6 BLD samples per UNet: 1.
 50-step sample), scaled to 12 images: initialisation and data 35 s, compilation and set-up
 about 40 s per training stage, the sample grids every 125 fine-tune steps about 200 s, the
 evaluation (144 BLD samples, 120 VAE-only cases x 4 decodings, the fixes) about 350 s, the
-report 20 s: about 800 s. Total about 5550 s = 92 minutes (less on an idle machine).
+report 20 s: about 800 s. Total about 5550 s = 92 minutes (less on an idle machine). The full
+run took 61.9 min (a 2-core Xeon, partly shared with a test suite at nice 19;
+``docs/results_medium.md``).
 
 The training configs are the repository's mode configs (``configs/vae_finetune.py``,
 ``configs/two_step.py``, ``configs/standard.py``) loaded by path
