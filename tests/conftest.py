@@ -10,6 +10,15 @@ import os
 # Before JAX loads: the CPU is the backend of every test (with the [aot] extra installed, the
 # CUDA plugin then registers without a driver, so tests can compile for GPU targets).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# LLVM at -O1 for every program the tests compile, here and in their subprocesses (they inherit
+# the environment): the tiny programs run a few times each, so compile time is most of the suite.
+# The tiny two-step step compiles in 16.8 instead of 21.5 s and runs as fast (0.51 vs 0.55 s);
+# -O0 compiles faster still but runs the VAE and the 64 px sampler several times slower. XLA's
+# HLO optimizations are the same at every level; the generated code differs in the last bits of
+# some results. Training itself compiles at the default level (-O0 only for the random init,
+# ``compilation.run_once_options``).
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]).strip()
 
 import functools  # pylint: disable=wrong-import-position
 import tempfile  # pylint: disable=wrong-import-position

@@ -11,6 +11,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from seamless_jax import workdir as workdir_lib
@@ -143,3 +144,12 @@ def test_sigterm_requests_a_stop_and_repeats_are_harmless():
     assert stop.requested and stop.signum == signal.SIGTERM
   finally:
     stop.close()
+
+
+def test_small_replicated_arrays_are_saved_whole_by_one_replica(tmp_path):
+  """A Checkpointer sets orbax's jax.Array handler to slice an array across replicas only where
+  each part is at least MIN_REPLICA_SLICE_BYTES (no slice program compiled per small leaf)."""
+  ckpt_lib.Checkpointer(str(tmp_path), async_save=False).close()
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  assert handler._min_slice_bytes_for_replica_parallel == ckpt_lib.MIN_REPLICA_SLICE_BYTES  # pylint: disable=protected-access
+  assert handler._array_metadata_store is not None  # pylint: disable=protected-access

@@ -97,7 +97,8 @@ def run_on_cpu_devices(count: int, args: list[str], timeout: int = 900):
   """``python *args`` in a subprocess that sees ``count`` CPU devices (the multi-device
   checks); the checkout and tests/ are importable there. Returns the ``CompletedProcess``."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={int(count)}",
+  env = dict(os.environ, XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""),
+                                          f"--xla_force_host_platform_device_count={int(count)}"]),
              JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
                  [root, os.path.join(root, "tests"), os.environ.get("PYTHONPATH", "")]))
   return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True,
