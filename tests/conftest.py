@@ -88,6 +88,16 @@ def tiny_workdirs(tiny_data, tmp_path_factory):
   return {"data": tiny_data, **folders}
 
 
+@pytest.fixture(scope="session")
+def cli_run(tiny_data, tmp_path_factory):
+  """``(workdir, stderr)`` of the session's ``python -m seamless_jax.main`` run
+  (:func:`tiny.run_cli_training`), read-only for every test: copy it to resume it."""
+  folder = _built_once(tmp_path_factory, "cli_run",
+                       functools.partial(tiny.run_cli_training, tiny_data))
+  with open(os.path.join(folder, "stderr.txt"), encoding="utf-8") as f:
+    return os.path.join(folder, "run"), f.read()
+
+
 def _run_on_eight_devices(data_dir: str, one_device_workdir: str, folder: str) -> None:
   os.makedirs(folder, exist_ok=True)
   proc = tiny.run_on_cpu_devices(8, [os.path.join(os.path.dirname(__file__), "eight_devices.py"),
@@ -113,7 +123,7 @@ def pytest_collection_modifyitems(items):
   started last keeping the run going on one core.
   """
   for item in items:
-    if {"tiny_workdirs", "eight_device_runs"} & set(getattr(item, "fixturenames", ())):
+    if {"tiny_workdirs", "eight_device_runs", "cli_run"} & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
   slow_files = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow_files)

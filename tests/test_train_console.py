@@ -7,12 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import tiny
 
 from seamless_jax import console
 from seamless_jax import pictures
@@ -21,26 +22,12 @@ from seamless_jax.train import samples
 from seamless_jax.train import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 4
+STEPS = tiny.CLI_RUN_STEPS
 ABSL_TIME = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+)")
 # What a CPU machine's log must not show (they read as errors): the TPU backend JAX cannot
 # start, the compilation cache's reset, the [aot] extra's CUDA plugin without a GPU.
 NOT_ERRORS = re.compile(r"libtpu|Unable to initialize backend|Resetting cache|"
                         r"plugin configuration error|Traceback|^WARNING")
-
-
-def _command(data_dir: str, workdir: str, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "seamless_jax.main", "--config=configs/two_step.py:tiny",
-          f"--workdir={workdir}", f"--config.data.path={data_dir}",
-          f"--config.data.tokenizer_dir={os.path.join(data_dir, 'tokenizer')}", *overrides]
-
-
-def _cpu_user_env(**extra) -> dict:
-  """The environment of a user on a CPU machine: JAX picks its platforms itself (the tests'
-  JAX_PLATFORMS=cpu would hide the TPU backend's start-up message)."""
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  env.update(extra)
-  return env
 
 
 # ------------------------------------------------------------------ without training
@@ -79,19 +66,6 @@ def test_summary_of_a_run_that_saved_nothing(tmp_path):
 
 # ------------------------------------------------------------------ a real tiny run
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
-  """A 4-step tiny two_step run with a 2-image sample grid at the end: (workdir, stderr)."""
-  workdir = str(tmp_path_factory.mktemp("console") / "run")
-  proc = subprocess.run(
-      _command(tiny_data, workdir, f"--config.total_steps={STEPS}", "--config.log_every=2",
-               f"--config.checkpoint_every={STEPS}", f"--config.sample_every={STEPS}",
-               "--config.sample.num_images=2", "--config.sample.num_inference_steps=2"),
-      cwd=ROOT, capture_output=True, text=True, timeout=900, env=_cpu_user_env())
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc.stderr
-
-
 def _seconds(line: str) -> float | None:
   match = ABSL_TIME.match(line)
   if not match:
@@ -101,16 +75,16 @@ def _seconds(line: str) -> float | None:
 
 
 @pytest.mark.slow
-def test_no_tpu_or_cache_lines_on_a_cpu_machine(finished_run):
-  _, stderr = finished_run
+def test_no_tpu_or_cache_lines_on_a_cpu_machine(cli_run):
+  _, stderr = cli_run
   lines = stderr.splitlines()
   assert not [line for line in lines if NOT_ERRORS.search(line)]
   assert "JAX process 0/1" in lines[0]  # the first line says what runs
 
 
 @pytest.mark.slow
-def test_every_long_phase_is_announced_and_no_gap_is_long(finished_run):
-  _, stderr = finished_run
+def test_every_long_phase_is_announced_and_no_gap_is_long(cli_run):
+  _, stderr = cli_run
   for announced in ("setting up (mesh, data, models, train state)...",
                     "compiling the two_step train step... (the first run only",
                     "sampling 2 images for the grid", f"step {STEPS}/{STEPS}"):
@@ -121,10 +95,10 @@ def test_every_long_phase_is_announced_and_no_gap_is_long(finished_run):
 
 
 @pytest.mark.slow
-def test_each_logged_step_has_one_progress_line(finished_run):
+def test_each_logged_step_has_one_progress_line(cli_run):
   """The sample grid's seam scores go to metrics.jsonl without a second, loss-less
   ``step N/N (100.0%)`` line on the console (the hook logs its own ``samples:`` line)."""
-  _, stderr = finished_run
+  _, stderr = cli_run
   progress = [line.split("] ", 1)[1] for line in stderr.splitlines()
               if re.search(r"\] step \d+/\d+ ", line)]
   assert [line.split()[1] for line in progress] == ["2/4", "4/4"], progress
@@ -132,10 +106,10 @@ def test_each_logged_step_has_one_progress_line(finished_run):
 
 
 @pytest.mark.slow
-def test_the_log_ends_with_where_everything_is_and_what_to_run_next(finished_run):
-  workdir, stderr = finished_run
+def test_the_log_ends_with_where_everything_is_and_what_to_run_next(cli_run):
+  workdir, stderr = cli_run
   tail = stderr[stderr.index(f"finished at step {STEPS}"):]
-  for expected in (workdir_lib.checkpoint_dir(workdir), f"(steps {STEPS})",
+  for expected in (workdir_lib.checkpoint_dir(workdir), f"(steps {STEPS // 2}, {STEPS})",
                    os.path.join(workdir, "metrics.jsonl"),
                    f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
                    os.path.join(workdir, "samples", f"step_{STEPS:08d}.png"),
@@ -147,8 +121,8 @@ def test_the_log_ends_with_where_everything_is_and_what_to_run_next(finished_run
 
 
 @pytest.mark.slow
-def test_the_sample_grid_file_is_enlarged_and_labelled(finished_run):
-  workdir, _ = finished_run
+def test_the_sample_grid_file_is_enlarged_and_labelled(cli_run):
+  workdir, _ = cli_run
   grid = np.asarray(Image.open(os.path.join(workdir, "samples", f"step_{STEPS:08d}.png")))
   assert grid.shape == (pictures.LABEL_HEIGHT + 2 * 128, 4 * 128, 3)  # 32-px tiles x 4
 
@@ -161,9 +135,10 @@ def test_ctrl_c_while_compiling_stops_at_once_and_saves_nothing(tiny_data, tmp_p
   no checkpoint."""
   workdir, log_path = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
   with open(log_path, "w", encoding="utf-8") as log:
-    proc = subprocess.Popen(_command(tiny_data, workdir, "--config.total_steps=3",
-                                     "--config.learning_rate=0.000123"),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=_cpu_user_env())
+    proc = subprocess.Popen(
+        tiny.main_command(tiny_data, workdir, "--config.total_steps=3",
+                          "--config.learning_rate=0.000123"),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=tiny.cpu_user_env())
   try:
     deadline = time.monotonic() + 600
     while "compiling the two_step train step" not in open(log_path, encoding="utf-8").read():

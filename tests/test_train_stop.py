@@ -10,14 +10,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from seamless_jax import workdir as workdir_lib
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = tiny.CLI_RUN_STEPS  # the session's command-line run (cli_run in conftest)
 pytestmark = pytest.mark.slow
 # Each of the two processes compiles its own (2-device) programs; the tiny VAE fine-tune's step
 # compiles in about half the time of the two-step's, and stopping does not depend on the mode.
@@ -29,23 +31,19 @@ def data_dir(tiny_data):
   return tiny_data  # the session's photos (tests/conftest.py); read-only here
 
 
-def _command(data_dir, workdir, *overrides, config="configs/two_step.py:tiny"):
-  return [sys.executable, "-m", "seamless_jax.main", f"--config={config}",
-          f"--workdir={workdir}", f"--config.data.path={data_dir}",
-          f"--config.data.tokenizer_dir={os.path.join(data_dir, 'tokenizer')}", *overrides]
-
-
 def _run(data_dir, workdir, *overrides, timeout=600):
-  return subprocess.run(_command(data_dir, workdir, *overrides), cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(tiny.main_command(data_dir, workdir, *overrides), cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def _steps_logged(workdir):
+  """The steps of the training rows of metrics.jsonl (a sample grid's row has no loss)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line)["step"] for line in f if line.strip()]
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [row["step"] for row in rows if "loss" in row]
 
 
 def _wait_for_a_logged_step(proc, workdir, deadline_s=400):
@@ -63,30 +61,20 @@ def _stop(*procs):
       proc.communicate()
 
 
-@pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
-  """A tiny run to its end (total_steps=2, a checkpoint at steps 1 and 2) and its stderr."""
-  workdir = str(tmp_path_factory.mktemp("finished") / "run")
-  proc = _run(data_dir, workdir, "--config.total_steps=2", "--config.checkpoint_every=1",
-              "--config.log_every=1")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert workdir_lib.saved_steps(workdir) == [1, 2]
-  return workdir, proc.stderr
-
-
-def test_console_shows_no_orbax_internals(finished_run):
-  _, stderr = finished_run
+def test_console_shows_no_orbax_internals(cli_run):
+  _, stderr = cli_run
   lines = stderr.splitlines()
-  assert any("step 2/2" in line for line in lines)
+  assert any(f"step {STEPS}/{STEPS}" in line for line in lines)
   internal = [line for line in lines if "[process=0]" in line or "orbax-checkpoint-tmp" in line
               or "checkpoint_manager.py" in line or "atomicity.py" in line]
   assert not internal, internal[:5]
 
 
-def test_finished_run_exits_before_building_anything(finished_run, data_dir):
-  workdir, _ = finished_run
+def test_finished_run_exits_before_building_anything(cli_run, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(cli_run[0], workdir)
   start = time.time()
-  proc = _run(data_dir, workdir, "--config.total_steps=2", timeout=120)
+  proc = _run(data_dir, workdir, f"--config.total_steps={STEPS}", timeout=120)
   elapsed = time.time() - start
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "nothing to do" in proc.stderr
@@ -94,32 +82,36 @@ def test_finished_run_exits_before_building_anything(finished_run, data_dir):
   assert elapsed < 60, elapsed  # import time only (was: model build + compile first)
 
 
-def test_damaged_newest_checkpoint_resumes_from_the_previous(finished_run, data_dir, tmp_path):
+def test_damaged_newest_checkpoint_resumes_from_the_previous(cli_run, data_dir, tmp_path):
   """A truncated file in the newest step (test_checkpoint.py also deletes ``_METADATA``)."""
   workdir = str(tmp_path / "run")
-  shutil.copytree(finished_run[0], workdir)
-  newest = os.path.join(workdir, "checkpoints", "2", "state")
+  shutil.copytree(cli_run[0], workdir)
+  assert workdir_lib.saved_steps(workdir) == [STEPS - 2, STEPS]
+  newest = os.path.join(workdir, "checkpoints", str(STEPS), "state")
   files = [f for f in glob.glob(os.path.join(newest, "**", "*"), recursive=True)
            if os.path.isfile(f) and not os.path.basename(f).startswith("_")]
   largest = max(files, key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.truncate(os.path.getsize(largest) // 3)
-  proc = _run(data_dir, workdir, "--config.total_steps=3", "--config.checkpoint_every=1",
-              "--config.log_every=1")
+  proc = _run(data_dir, workdir, f"--config.total_steps={STEPS + 1}",
+              "--config.checkpoint_every=1", "--config.log_every=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   warnings = [line for line in proc.stderr.splitlines() if "is damaged" in line]
-  assert len(warnings) == 1 and "step 2" in warnings[0] and "resumed from step 1" in warnings[0]
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", "2"))
-  assert workdir_lib.saved_steps(workdir) == [1, 2, 3]  # 2 and 3 trained again from step 1
-  assert _steps_logged(workdir) == [1, 2, 2, 3]
+  assert len(warnings) == 1, warnings
+  assert f"step {STEPS}" in warnings[0] and f"resumed from step {STEPS - 2}" in warnings[0]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", str(STEPS)))
+  # steps STEPS-1 .. STEPS+1 trained again from STEPS-2 (the newest 3 checkpoints kept)
+  assert workdir_lib.saved_steps(workdir) == [STEPS - 1, STEPS, STEPS + 1]
+  assert _steps_logged(workdir) == [2, 4, 3, 4, 5]  # the first run logged every 2 steps
 
 
 def test_ctrl_c_saves_and_exits_0(data_dir, tmp_path):
   """Ctrl-C in a terminal reaches the whole process group, Grain workers included."""
   workdir = str(tmp_path / "run")
   proc = subprocess.Popen(
-      _command(data_dir, workdir, "--config.total_steps=100000", "--config.checkpoint_every=0",
-               "--config.log_every=1", "--config.data.worker_count=1"),
+      tiny.main_command(data_dir, workdir, "--config.total_steps=100000",
+                        "--config.checkpoint_every=0", "--config.log_every=1",
+                        "--config.data.worker_count=1"),
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
       start_new_session=True)
   try:
@@ -190,9 +182,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(data_dir, t
       env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))
       procs.append(subprocess.Popen(
-          _command(data_dir, workdir, "--config.total_steps=100000",
-                   "--config.checkpoint_every=0", "--config.log_every=1",
-                   config=TWO_PROCESS_CONFIG),
+          tiny.main_command(data_dir, workdir, "--config.total_steps=100000",
+                            "--config.checkpoint_every=0", "--config.log_every=1",
+                            config=TWO_PROCESS_CONFIG),
           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     _wait_for_a_logged_step(procs[0], workdir, deadline_s=500)
     procs[1].send_signal(signal.SIGTERM)  # process 0 gets nothing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 
@@ -103,3 +104,44 @@ def run_on_cpu_devices(count: int, args: list[str], timeout: int = 900):
                  [root, os.path.join(root, "tests"), os.environ.get("PYTHONPATH", "")]))
   return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True,
                         text=True, timeout=timeout)
+
+
+# The session's ``python -m seamless_jax.main`` run (``cli_run`` in conftest): its step count,
+# checkpoint and sample settings.
+CLI_RUN_STEPS = 4
+
+
+def main_command(data_dir: str, workdir: str, *overrides: str,
+                 config: str = "configs/two_step.py:tiny") -> list[str]:
+  """``python -m seamless_jax.main`` on ``data_dir`` (photos + tokenizer/) into ``workdir``."""
+  return [sys.executable, "-m", "seamless_jax.main", f"--config={config}",
+          f"--workdir={workdir}", f"--config.data.path={data_dir}",
+          f"--config.data.tokenizer_dir={os.path.join(data_dir, 'tokenizer')}", *overrides]
+
+
+def cpu_user_env(**extra) -> dict:
+  """The environment of a user on a CPU machine: JAX picks its platforms itself (the tests'
+  JAX_PLATFORMS=cpu would hide the TPU backend's start-up message)."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env.update(extra)
+  return env
+
+
+def run_cli_training(data_dir: str, folder: str) -> None:
+  """``folder/run``: a tiny two_step run of CLI_RUN_STEPS steps through the command line as a
+  CPU user starts it (a checkpoint every 2 steps, a progress line every 2, a 2-image sample
+  grid at the end); ``folder/stderr.txt``: its console."""
+  workdir = os.path.join(folder, "run")
+  if os.path.exists(folder):  # an earlier attempt that failed: start afresh, do not resume
+    shutil.rmtree(folder)
+  os.makedirs(folder)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      main_command(data_dir, workdir, f"--config.total_steps={CLI_RUN_STEPS}",
+                   "--config.log_every=2", "--config.checkpoint_every=2",
+                   f"--config.sample_every={CLI_RUN_STEPS}", "--config.sample.num_images=2",
+                   "--config.sample.num_inference_steps=2"),
+      cwd=root, capture_output=True, text=True, timeout=900, env=cpu_user_env())
+  with open(os.path.join(folder, "stderr.txt"), "w", encoding="utf-8") as f:
+    f.write(proc.stderr)
+  assert proc.returncode == 0, proc.stderr[-3000:]
