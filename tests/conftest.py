@@ -45,11 +45,7 @@ from seamless_jax.train import loop  # pylint: disable=wrong-import-position
 
 def _train(mode: str, data_dir: str, workdir: str) -> None:
   """A tiny 2-step run saving steps 1 and 2, with a 2-image sample grid at step 2."""
-  config = tiny.tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
-                            sample_every=2)
-  config.sample.num_images, config.sample.num_inference_steps = 2, 2
-  config.sample.prompt = "a photo"
-  loop.train(config, workdir)
+  loop.train(tiny.session_run_config(mode, data_dir), workdir)
 
 
 def _built_once(tmp_path_factory, name: str, build) -> str:

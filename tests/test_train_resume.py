@@ -1,9 +1,9 @@
 """Stop after step k + resume == uninterrupted run (bitwise); SIGTERM saves and exits."""
 
+import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -30,36 +30,33 @@ def _final_state(workdir, step):
   return restored["state"]
 
 
-@pytest.mark.slow  # three tiny runs, ~3 min on 2 cores
-def test_stop_and_resume_is_bitwise_identical(data_dir, tmp_path):
-  n, k = 6, 3
-  kwargs = dict(total_steps=n, checkpoint_every=k, log_every=1)
-  full = str(tmp_path / "full")
-  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs), full)["step"] == n
+@pytest.mark.slow
+def test_stop_and_resume_is_bitwise_identical(tiny_workdirs, tmp_path):
+  """The session's two_step workdir trained steps 1 and 2 without a stop; the same config
+  stopped after step 1 and resumed (optimizer, EMA, RNG and the data iterator's position from
+  the checkpoint) saves the same step 2, bit for bit."""
+  full = tiny_workdirs["two_step"]
+  config = functools.partial(tiny.session_run_config, "two_step", tiny_workdirs["data"])
   split = str(tmp_path / "split")
-  assert loop.train(
-      tiny.tiny_config("two_step", data_dir, stop_at_step=k, **kwargs), split)["step"] == k
-  assert ckpt_lib.Checkpointer(split).all_steps() == [k]
-  assert loop.train(tiny.tiny_config("two_step", data_dir, **kwargs), split)["step"] == n
-  a, b = _final_state(full, n), _final_state(split, n)
+  assert loop.train(config(stop_at_step=1), split)["step"] == 1
+  assert ckpt_lib.Checkpointer(split).all_steps() == [1]
+  assert loop.train(config(), split)["step"] == 2
+  a, b = _final_state(full, 2), _final_state(split, 2)
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):  # params, EMA, optimizer, step, rng: bitwise
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  # and the run really trained: params moved away from the step-k checkpoint
-  mid = _final_state(split, k) if k in ckpt_lib.Checkpointer(split).all_steps() else None
-  assert mid is None or any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
-                            zip(jax.tree_util.tree_leaves(mid["params"]),
-                                jax.tree_util.tree_leaves(b["params"])))
+  # and the resumed run really trained: params moved away from the step-1 checkpoint
+  mid = _final_state(split, 1)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+             zip(jax.tree_util.tree_leaves(mid["params"]), jax.tree_util.tree_leaves(b["params"])))
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "seamless_jax.main", "--config=configs/two_step.py:tiny",
-         f"--workdir={workdir}", f"--config.data.path={data_dir}",
-         f"--config.data.tokenizer_dir={os.path.join(data_dir, 'tokenizer')}",
-         "--config.total_steps=100000", "--config.checkpoint_every=0", "--config.log_every=1"]
+  cmd = tiny.main_command(data_dir, workdir, "--config.total_steps=100000",
+                          "--config.checkpoint_every=0", "--config.log_every=1")
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 400

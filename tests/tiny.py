@@ -106,6 +106,15 @@ def run_on_cpu_devices(count: int, args: list[str], timeout: int = 900):
                         text=True, timeout=timeout)
 
 
+def session_run_config(mode: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """The config of the session's trained workdirs (``tiny_workdirs`` in conftest): a 2-step run
+  saving steps 1 and 2, with a 2-image sample grid at step 2."""
+  config = tiny_config(mode, data_dir, total_steps=2, checkpoint_every=1, log_every=1,
+                       sample_every=2, **overrides)
+  config.sample.num_images, config.sample.num_inference_steps = 2, 2
+  config.sample.prompt = "a photo"
+  return config
+
 # The session's ``python -m seamless_jax.main`` run (``cli_run`` in conftest): its step count,
 # checkpoint and sample settings.
 CLI_RUN_STEPS = 4
