@@ -115,6 +115,7 @@ def session_run_config(mode: str, data_dir: str, **overrides) -> ml_collections.
   config.sample.prompt = "a photo"
   return config
 
+
 # The session's ``python -m seamless_jax.main`` run (``cli_run`` in conftest): its step count,
 # checkpoint and sample settings.
 CLI_RUN_STEPS = 4
