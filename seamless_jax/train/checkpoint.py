@@ -64,8 +64,9 @@ def _summary(error: BaseException, limit: int = 160) -> str:
 # Replica-parallel saving (orbax's default off GPU: the replicas of an array each write a part of
 # it) slices every replicated array with a small compiled program per shape: on a mesh with a
 # data axis, hundreds of compiles at the first save (464 and 19 s for the two tiny runs of
-# tests/eight_devices.py on 8 CPU devices) for arrays whose write takes microseconds. Arrays whose part per replica is
-# smaller than this are written whole by one replica instead; the files are the same.
+# tests/eight_devices.py on 8 CPU devices) for arrays whose write takes microseconds. Arrays
+# whose part per replica is smaller than this are written whole by one replica instead; the
+# files are the same.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
