@@ -15,9 +15,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tiny two-step step compiles in 16.8 instead of 21.5 s and runs as fast (0.51 vs 0.55 s);
 # -O0 compiles faster still but runs slower where a test runs more (in a suite run, the
 # quickstart notebook took 287 instead of 67 s, the VAE fine-tune step test 45 instead of 9
-# CPU-s: the suite's total CPU time did not drop). XLA's
-# HLO optimizations are the same at every level; the generated code differs in the last bits of
-# some results. Training itself compiles at the default level (-O0 only for the random init,
+# CPU-s: the suite's total CPU time did not drop). XLA's HLO optimizations are the same at
+# every level; the generated code differs in the last bits of some results. Training itself compiles at the default level (-O0 only for the random init,
 # ``compilation.run_once_options``).
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]).strip()
